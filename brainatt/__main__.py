@@ -1,0 +1,5 @@
+import sys
+
+from brainatt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,149 @@
+"""``brainatt <stage> …``: the commands the Snakemake rules call, one per stage.
+
+Bad input raises `BrainattError`; it is printed as one line (``brainatt: error: …``) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from brainatt import __version__
+from brainatt.io import BrainattError
+
+log = logging.getLogger("brainatt")
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", required=True, help="NSD root (holds nsddata/, nsddata_betas/, nsddata_stimuli/)")
+    p.add_argument("--space", default="func1pt8mm", help="functional space folder (func1pt8mm, func1mm)")
+    p.add_argument("--betas", default="betas_fithrf_GLMdenoise_RR", help="betas version folder")
+
+
+def cmd_synthesize(args: argparse.Namespace) -> None:
+    from brainatt.synth.world import WorldSpec
+
+    spec = WorldSpec.from_config(json.loads(args.spec))
+    if args.layout == "nsd":
+        from brainatt.synth.writer import write_world
+
+        write_world(spec, args.out)
+    else:
+        from brainatt.nsd.algonauts import write_synth_algonauts
+
+        write_synth_algonauts(spec, args.out)
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    if args.layout == "algonauts":
+        from brainatt.nsd.algonauts import preprocess_algonauts
+
+        preprocess_algonauts(args.root, args.subject, args.out)
+        return
+    from brainatt.nsd.layout import NSDLayout
+    from brainatt.prep.responses import preprocess_subject
+
+    config = {k: v for k, v in vars(args).items() if k != "func"}
+    preprocess_subject(
+        NSDLayout(args.root, args.space, args.betas), args.subject, args.out, args.mask, args.atlases, config
+    )
+
+
+def cmd_stimuli(args: argparse.Namespace) -> None:
+    if args.layout == "algonauts":
+        from brainatt.nsd.algonauts import write_algonauts_stimuli
+
+        write_algonauts_stimuli(args.root, args.subjects, args.out)
+        return
+    from brainatt.nsd.layout import NSDLayout
+    from brainatt.prep.stimuli import write_stimuli
+
+    write_stimuli(NSDLayout(args.root, args.space, args.betas), args.subjects, args.out)
+
+
+def cmd_prep_summary(args: argparse.Namespace) -> None:
+    from brainatt.viz.prep import prep_summary
+
+    prep_summary(args.responses, args.table, args.figure)
+
+
+def cmd_synth_detector(args: argparse.Namespace) -> None:
+    from brainatt.synth.detector import train_detector
+
+    scores = train_detector(Path(args.out), n_images=args.n_images, epochs=args.epochs, seed=args.seed)
+    print(json.dumps(scores, indent=1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brainatt", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"brainatt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
+
+    def add(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("synthesize", cmd_synthesize, "simulate an nsd-synth world and write it as an NSD (or Algonauts) tree")
+    p.add_argument("--spec", default="{}", help="JSON object of synth settings (config section 'synth')")
+    p.add_argument("--layout", choices=["nsd", "algonauts"], default="nsd")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+
+    p = add("preprocess", cmd_preprocess, "NSD recipe for one subject → responses.h5 with noise ceilings")
+    _dataset_args(p)
+    p.add_argument("--layout", choices=["nsd", "algonauts"], default="nsd")
+    p.add_argument("--subject", required=True, help="e.g. subj01")
+    p.add_argument(
+        "--mask",
+        nargs="+",
+        default=["nsdgeneral"],
+        help="union of 'atlas' (labels > 0) or 'atlas/ROI' entries",
+    )
+    p.add_argument("--atlases", nargs="*", default=[], help="ROI atlases whose labels to keep per voxel")
+    p.add_argument("--out", required=True, help="responses.h5 to write")
+
+    p = add("stimuli", cmd_stimuli, "images and captions the subjects saw → images.h5")
+    _dataset_args(p)
+    p.add_argument("--layout", choices=["nsd", "algonauts"], default="nsd")
+    p.add_argument("--subjects", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+
+    p = add("prep-summary", cmd_prep_summary, "table and noise-ceiling figure over subjects' responses.h5")
+    p.add_argument("--responses", nargs="+", required=True)
+    p.add_argument("--table", required=True)
+    p.add_argument("--figure", required=True)
+
+    p = add(
+        "synth-detector",
+        cmd_synth_detector,
+        "(maintainers) retrain the nsd-synth category detector shipped with the package",
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-images", type=int, default=12000)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        args.func(args)
+    except BrainattError as e:
+        print(f"brainatt: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Encoding metrics: the one implementation every stage uses (DESIGN.md, "Metrics")."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def inverse_mean_repeats(n_reps: np.ndarray) -> float:
+    """Mean of 1/n over images: NSD's mixed-repeat form (A/3 + B/2 + C/1)/(A + B + C)."""
+    n = np.asarray(n_reps, dtype=np.float64)
+    n = n[n > 0]
+    if not len(n):
+        raise ValueError("no image has a repeat count > 0")
+    return float(np.mean(1.0 / n))
+
+
+def noise_ceiling(ncsnr: np.ndarray, n_reps: np.ndarray) -> np.ndarray:
+    """Noise ceiling in % of variance: NC = 100·ncsnr² / (ncsnr² + mean(1/n)) for responses averaged over n trials."""
+    snr2 = np.asarray(ncsnr, dtype=np.float64) ** 2
+    return 100.0 * snr2 / (snr2 + inverse_mean_repeats(n_reps))
+
+
+def ncsnr_from_repeats(sums: np.ndarray, sumsq: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """NSD's ncsnr from per-image sums over repeated trials of z-scored betas.
+
+    ``sums`` and ``sumsq`` are ``(n_images, V)`` sums of z and z² over each image's trials, ``counts`` the
+    trials per image. σ²_noise is the mean across images (with ≥ 2 trials) of the unbiased across-repeat variance,
+    σ_signal = √max(0, 1 − σ²_noise) and ncsnr = σ_signal / σ_noise.
+    """
+    keep = counts >= 2
+    if not keep.any():
+        raise ValueError("no image was shown twice: ncsnr cannot be estimated from repeats")
+    n = counts[keep].astype(np.float64)[:, None]
+    s = sums[keep].astype(np.float64)
+    var = (sumsq[keep].astype(np.float64) - s**2 / n) / (n - 1)
+    noise_var = np.clip(var.mean(0), 1e-12, None)
+    return np.sqrt(np.clip(1.0 - noise_var, 0.0, None)) / np.sqrt(noise_var)
+
+
+def pearson_r(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Pearson correlation per column (voxel), vectorised; constant columns give 0."""
+    a = np.asarray(y_true, dtype=np.float64)
+    b = np.asarray(y_pred, dtype=np.float64)
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    denom = np.sqrt((a**2).sum(0) * (b**2).sum(0))
+    return np.divide((a * b).sum(0), denom, out=np.zeros(a.shape[1]), where=denom > 0)

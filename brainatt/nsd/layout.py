@@ -1,0 +1,286 @@
+"""Readers for the Natural Scenes Dataset's on-disk layout.
+
+Conventions owned here, once:
+- MATLAB's 1-based indices (``masterordering``, ``subjectim``, ``sharedix``) become 0-based on reading.
+- Volumes are (X,Y,Z) as nibabel reads them; NSD's HDF5 betas are (trials,Z,Y,X) as h5py reads them.
+  `read_session` converts, and `mask_voxel_ijk` fixes the project's voxel order: C-order over (Z,Y,X),
+  i.e. MATLAB's column-major order over (X,Y,Z), so that z-slab streaming yields voxels already in order.
+- Volume betas are int16 × 300 (divide by 300 for % signal change); float betas are already in % signal change.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import scipy.io
+
+from brainatt.io import BrainattError
+
+BETA_SCALE = 300.0
+SLAB_BYTES = 256 << 20  # z-slab size when streaming HDF5 betas
+
+
+def mask_voxel_ijk(mask: np.ndarray) -> np.ndarray:
+    """(V,3) voxel indices (i,j,k) of a (X,Y,Z) mask, in the project's voxel order (C-order over Z,Y,X)."""
+    zyx = np.argwhere(np.asarray(mask).transpose(2, 1, 0))
+    return zyx[:, ::-1].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ExpDesign:
+    """``nsd_expdesign.mat`` with 0-based indices."""
+
+    masterordering: np.ndarray  # (n_trials,) index into a subject's image list
+    subjectim: np.ndarray  # (n_subjects, n_images) nsd ids
+    sharedix: np.ndarray  # (n_shared,) nsd ids of the shared images
+
+    def subject_index(self, subject: str, path: Path) -> int:
+        m = re.fullmatch(r"subj(\d+)", subject)
+        if m is None:
+            raise BrainattError(
+                f"subject names look like 'subj01', got {subject!r}: fix dataset.subjects in the config"
+            )
+        s = int(m.group(1)) - 1
+        if not 0 <= s < len(self.subjectim):
+            raise BrainattError(
+                f"{path}: subject {subject} is not in the design (subjectim has {len(self.subjectim)} subjects): "
+                "remove it from dataset.subjects or point dataset.root at the right NSD copy"
+            )
+        return s
+
+    def trial_nsd_ids(self, s: int, n_trials: int) -> np.ndarray:
+        return self.subjectim[s, self.masterordering[:n_trials]]
+
+
+class NSDLayout:
+    """Paths of an NSD tree (``root`` holds nsddata/, nsddata_betas/, nsddata_stimuli/)."""
+
+    def __init__(self, root: str | Path, space: str = "func1pt8mm", betas: str = "betas_fithrf_GLMdenoise_RR"):
+        self.root = Path(root)
+        self.space = space
+        self.betas_version = betas
+        if not self.root.is_dir():
+            raise BrainattError(f"{self.root}: NSD root not found: set dataset.root to your NSD download")
+
+    @property
+    def expdesign(self) -> Path:
+        return self.root / "nsddata/experiments/nsd/nsd_expdesign.mat"
+
+    @property
+    def stim_info(self) -> Path:
+        return self.root / "nsddata/experiments/nsd/nsd_stim_info_merged.csv"
+
+    @property
+    def stimuli(self) -> Path:
+        return self.root / "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5"
+
+    @property
+    def coco_annotations(self) -> Path:
+        return self.root / "nsddata_stimuli/stimuli/nsd/annotations"
+
+    def ppdata(self, subject: str) -> Path:
+        return self.root / "nsddata/ppdata" / subject / self.space
+
+    def betas_dir(self, subject: str) -> Path:
+        return self.root / "nsddata_betas/ppdata" / subject / self.space / self.betas_version
+
+    def roi(self, subject: str, atlas: str, hemi: str = "") -> Path:
+        return self.ppdata(subject) / "roi" / f"{hemi + '.' if hemi else ''}{atlas}.nii.gz"
+
+    def ctab(self, atlas: str) -> Path:
+        return self.root / "nsddata/freesurfer/fsaverage/label" / f"{atlas}.mgz.ctab"
+
+    def brainmask(self, subject: str) -> Path:
+        return self.ppdata(subject) / "brainmask.nii.gz"
+
+    def ncsnr(self, subject: str) -> Path:
+        return self.betas_dir(subject) / "ncsnr.nii.gz"
+
+    def sessions(self, subject: str) -> list[Path]:
+        """Session beta files found on disk (hdf5 preferred over nii.gz), checked to be numbered 1..n."""
+        d = self.betas_dir(subject)
+        found: dict[int, Path] = {}
+        for p in sorted(d.glob("betas_session*")):
+            m = re.fullmatch(r"betas_session(\d+)\.(hdf5|nii\.gz)", p.name)
+            if m and (int(m.group(1)) not in found or m.group(2) == "hdf5"):
+                found[int(m.group(1))] = p
+        if not found:
+            raise BrainattError(
+                f"{d}: no betas_sessionNN.hdf5 or .nii.gz files: download the betas of {subject} "
+                f"({self.space}/{self.betas_version}) or fix dataset.root/space/betas"
+            )
+        missing = sorted(set(range(1, max(found) + 1)) - set(found))
+        if missing:
+            raise BrainattError(
+                f"{d / f'betas_session{missing[0]:02d}.hdf5'}: session file missing "
+                f"(found sessions {sorted(found)}): download it, or remove later sessions"
+            )
+        return [found[k] for k in sorted(found)]
+
+
+def read_expdesign(path: Path) -> ExpDesign:
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except FileNotFoundError:
+        raise BrainattError(f"{path}: design file not found: download nsddata/experiments/nsd/") from None
+    except Exception as e:
+        raise BrainattError(f"{path}: cannot read the design ({e}): re-download nsd_expdesign.mat") from None
+    try:
+        return ExpDesign(
+            masterordering=np.asarray(mat["masterordering"]).ravel().astype(np.int64) - 1,
+            subjectim=np.atleast_2d(np.asarray(mat["subjectim"])).astype(np.int64) - 1,
+            sharedix=np.asarray(mat["sharedix"]).ravel().astype(np.int64) - 1,
+        )
+    except KeyError as e:
+        raise BrainattError(f"{path}: design lacks {e}: re-download nsd_expdesign.mat") from None
+
+
+def read_stim_info(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise BrainattError(f"{path}: stimulus table not found: download nsd_stim_info_merged.csv")
+    df = pd.read_csv(path, index_col=0) if "Unnamed: 0" in pd.read_csv(path, nrows=0).columns else pd.read_csv(path)
+    if "nsdId" not in df:
+        raise BrainattError(f"{path}: no nsdId column: is this nsd_stim_info_merged.csv?")
+    return df
+
+
+def read_captions(layout: NSDLayout, stim_info: pd.DataFrame) -> dict[int, list[str]] | None:
+    """Captions per nsd id from COCO-format ``captions_<split>.json`` files, or None when there are none."""
+    files = sorted(layout.coco_annotations.glob("captions_*.json"))
+    if not files or "cocoId" not in stim_info:
+        return None
+    by_coco: dict[int, list[str]] = {}
+    for f in files:
+        for ann in json.loads(f.read_text())["annotations"]:
+            by_coco.setdefault(int(ann["image_id"]), []).append(ann["caption"].strip())
+    return {int(n): by_coco.get(int(c), []) for n, c in zip(stim_info["nsdId"], stim_info["cocoId"], strict=True)}
+
+
+def _load_volume(path: Path, what: str) -> nib.Nifti1Image:
+    if not path.exists():
+        raise BrainattError(f"{path}: {what} not found: check dataset.root, dataset.space and the subject")
+    try:
+        return nib.load(str(path))
+    except Exception as e:
+        raise BrainattError(f"{path}: cannot read {what} ({e}): re-download it") from None
+
+
+def read_volume(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """A 3-D volume and its affine."""
+    img = _load_volume(path, what)
+    return np.asarray(img.dataobj), img.affine
+
+
+def read_ctab(path: Path) -> dict[int, str]:
+    """A FreeSurfer-style label table: lines ``<code> <name>``; code 0 (Unknown) is dropped."""
+    if not path.exists():
+        raise BrainattError(f"{path}: label table not found: download nsddata/freesurfer/fsaverage/label/")
+    names = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].lstrip("-").isdigit() and int(parts[0]) > 0:
+            names[int(parts[0])] = parts[1]
+    return names
+
+
+def read_atlas(layout: NSDLayout, subject: str, atlas: str) -> tuple[np.ndarray, dict[int, str]]:
+    """ROI volume (X,Y,Z) int (−1 outside cortex, 0 unlabelled, k label) and its code → name table."""
+    vol, _ = read_volume(layout.roi(subject, atlas), f"ROI atlas {atlas!r}")
+    return np.rint(vol).astype(np.int16), read_ctab(layout.ctab(atlas))
+
+
+def read_hemispheres(layout: NSDLayout, subject: str, atlas: str, affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
+    """'lh'/'rh' per voxel: from lh./rh. atlas files when present, else from the sign of x (RAS affine)."""
+    lh, rh = layout.roi(subject, atlas, "lh"), layout.roi(subject, atlas, "rh")
+    x = ijk @ affine[:3, :3].T[:, 0] + affine[0, 3]
+    hemi = np.where(x < 0, "lh", "rh")
+    if lh.exists() and rh.exists():
+        in_lh = read_volume(lh, "hemisphere ROI")[0][tuple(ijk.T)] >= 0
+        in_rh = read_volume(rh, "hemisphere ROI")[0][tuple(ijk.T)] >= 0
+        hemi = np.where(in_lh & ~in_rh, "lh", np.where(in_rh & ~in_lh, "rh", hemi))
+    return hemi.astype("U2")
+
+
+def _check_beta_dtype(path: Path, dtype: np.dtype) -> None:
+    if not (dtype == np.int16 or np.issubdtype(dtype, np.floating)):
+        raise BrainattError(
+            f"{path}: betas have dtype {dtype}, expected int16 (NSD's % signal change × 300) "
+            "or float (% signal change): re-export the session"
+        )
+
+
+def session_trial_count(path: Path) -> int:
+    """Number of trials in a session file, read from its header."""
+    if path.name.endswith(".hdf5"):
+        with _open_h5(path) as f:
+            return int(_betas_dataset(f, path).shape[0])
+    return int(_load_volume(path, "betas").shape[-1])
+
+
+def _open_h5(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise BrainattError(f"{path}: betas file not found: download it") from None
+    except OSError as e:
+        raise BrainattError(
+            f"{path}: not a readable HDF5 file ({e}): the file is corrupt or truncated; re-download it"
+        ) from None
+
+
+def _betas_dataset(f: h5py.File, path: Path) -> h5py.Dataset:
+    if "betas" not in f or f["betas"].ndim != 4:
+        raise BrainattError(f"{path}: expected a 4-D dataset 'betas' (trials,Z,Y,X): re-export the session")
+    return f["betas"]
+
+
+def read_session(path: Path, mask: np.ndarray) -> np.ndarray:
+    """Betas of the voxels in ``mask`` (X,Y,Z) for every trial: ``(trials, V) float32`` in % signal change.
+
+    HDF5 sessions are streamed in z-slabs (bounded memory, one pass over the file); NIfTI sessions are
+    decompressed once. Voxels come in `mask_voxel_ijk` order.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if path.name.endswith(".hdf5"):
+        with _open_h5(path) as f:
+            ds = _betas_dataset(f, path)
+            _check_beta_dtype(path, ds.dtype)
+            if ds.shape[1:] != mask.shape[::-1]:
+                raise BrainattError(
+                    f"{path}: betas volume {ds.shape[1:]} (Z,Y,X) does not match the mask "
+                    f"{mask.shape} (X,Y,Z): the session belongs to another subject or space"
+                )
+            mask_zyx = mask.transpose(2, 1, 0)
+            zs = np.flatnonzero(mask_zyx.any((1, 2)))
+            out = np.empty((ds.shape[0], int(mask.sum())), dtype=np.float32)
+            if len(zs):
+                dz = max(1, SLAB_BYTES // (ds.shape[0] * ds.shape[2] * ds.shape[3] * ds.dtype.itemsize))
+                col = 0
+                for z0 in range(zs[0], zs[-1] + 1, dz):
+                    z1 = min(z0 + dz, zs[-1] + 1)
+                    block = ds[:, z0:z1][:, mask_zyx[z0:z1]]
+                    out[:, col : col + block.shape[1]] = block
+                    col += block.shape[1]
+            dtype = ds.dtype
+    else:
+        img = _load_volume(path, "betas")
+        if img.ndim != 4 or img.shape[:3] != mask.shape:
+            raise BrainattError(
+                f"{path}: betas volume {img.shape} does not match the mask {mask.shape} + trials: "
+                "the session belongs to another subject or space"
+            )
+        data = np.asanyarray(img.dataobj)
+        _check_beta_dtype(path, data.dtype)
+        dtype = data.dtype
+        out = data.transpose(3, 2, 1, 0)[:, mask.transpose(2, 1, 0)].astype(np.float32)
+        del data
+    if dtype == np.int16:
+        out /= BETA_SCALE
+    return out

@@ -1,0 +1,1 @@
+"""NSD preprocessing: responses with noise ceilings, and the stimuli the subjects saw."""

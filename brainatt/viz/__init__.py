@@ -1,0 +1,1 @@
+"""Figures, brain maps, galleries and tables."""

@@ -1,0 +1,48 @@
+"""Preprocessing summary: one table row per subject and the noise-ceiling distributions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from brainatt.io import atomic_path
+
+
+def prep_summary(responses: list[str | Path], table: str | Path, figure: str | Path) -> pd.DataFrame:
+    rows, ncs = [], {}
+    for path in responses:
+        with h5py.File(path, "r") as f:
+            subject = str(f.attrs["subject"])
+            nc = f["voxels/nc_test"][()]
+            ncs[subject] = nc
+            rows.append({
+                "subject": subject,
+                "n_voxels": nc.size,
+                "n_train": len(f["train/nsd_ids"]),
+                "n_test": len(f["test/nsd_ids"]),
+                "n_trials": len(f["trials/nsd_ids"]),
+                "n_sessions": int(f["trials/session"][-1]),
+                "median_ncsnr": float(np.median(f["voxels/ncsnr"][()])),
+                "median_nc_test_pct": float(np.median(nc)),
+                "frac_nc_ge_5pct": float(np.mean(nc >= 5)),
+            })  # fmt: skip
+    df = pd.DataFrame(rows)
+    with atomic_path(table) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
+    fig, ax = plt.subplots(figsize=(5, 3.2), layout="constrained")
+    bins = np.linspace(0, 100, 41)
+    for subject, nc in ncs.items():
+        ax.hist(nc, bins=bins, histtype="step", label=subject)
+    ax.set(xlabel="noise ceiling of test responses (% variance)", ylabel="voxels")
+    ax.legend(frameon=False)
+    with atomic_path(figure) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(figure).suffix.lstrip("."))
+    plt.close(fig)
+    return df

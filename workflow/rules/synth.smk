@@ -1,0 +1,20 @@
+if "synth" in config:
+
+    rule synthesize:
+        output:
+            directory(DATASET["root"]),
+        params:
+            spec=json.dumps(config["synth"], sort_keys=True),
+            layout=DATASET["layout"],
+        log:
+            "logs/synthesize.log",
+        benchmark:
+            "benchmarks/synthesize.tsv"
+        threads: 2
+        resources:
+            mem_mb=6000,
+            runtime=30,
+        conda:
+            CONDA_ENV
+        shell:
+            "brainatt synthesize --spec {params.spec:q} --layout {params.layout} --out {output} > {log} 2>&1"
