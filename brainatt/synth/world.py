@@ -172,7 +172,8 @@ def build_world(spec: WorldSpec) -> World:
             responses = readout(energy, cats).numpy()
         family_snr = np.select([family == 1, family == 2], [1.3, 1.0], 0.55)
         subject_snr = sub_rng.uniform(0.85, 1.15)
-        ncsnr = spec.ncsnr_median * family_snr * subject_snr * np.exp(sub_rng.normal(0, spec.ncsnr_spread, len(kind)))
+        ncsnr = family_snr * np.exp(sub_rng.normal(0, spec.ncsnr_spread, len(kind)))
+        ncsnr *= spec.ncsnr_median * subject_snr / np.median(ncsnr)  # the spec's median, up to subject variation
         world.subjects.append(Subject(
             name=name, anatomy=anatomy, params=params, readout=readout, ncsnr=np.clip(ncsnr, 0.08, 2.5),
             ijk=ijk, kind=kind, responses=responses, n_trials=spec.sessions_of(s) * spec.trials_per_session,
