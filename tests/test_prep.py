@@ -90,7 +90,7 @@ def test_same_seed_gives_identical_files(tmp_path: Path, tiny_spec) -> None:
     a, b = write_world(spec, tmp_path / "a"), write_world(spec, tmp_path / "b")
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert len(files) > 20
-    match, mismatch, errors = filecmp.cmpfiles(a, b, [str(p) for p in files], shallow=False)
+    _, mismatch, errors = filecmp.cmpfiles(a, b, [str(p) for p in files], shallow=False)
     assert not mismatch and not errors
     ra = preprocess_subject(NSDLayout(a), "subj01", tmp_path / "ra.h5", ["nsdgeneral"], ATLASES)
     rb = preprocess_subject(NSDLayout(b), "subj01", tmp_path / "rb.h5", ["nsdgeneral"], ATLASES)
@@ -104,3 +104,15 @@ def test_same_seed_gives_identical_files(tmp_path: Path, tiny_spec) -> None:
     assert not filecmp.cmp(
         a / "nsddata/experiments/nsd/nsd_expdesign.mat", c / "nsddata/experiments/nsd/nsd_expdesign.mat", shallow=False
     )
+
+
+def test_nifti_and_hdf5_sessions_give_the_same_responses(tmp_path: Path, tiny_spec) -> None:
+    spec = dataclasses.replace(tiny_spec, n_subjects=1, n_train=20, n_shared=4, trials_per_session=24,
+                               sessions_kept=(1.0,))  # fmt: skip
+    roots = {fmt: write_world(dataclasses.replace(spec, betas_format=fmt), tmp_path / fmt) for fmt in ("hdf5", "nifti")}
+    assert list((roots["nifti"] / "nsddata_betas").rglob("betas_session01.nii.gz"))
+    out = {fmt: preprocess_subject(NSDLayout(r), "subj01", tmp_path / f"{fmt}.h5", ["nsdgeneral"], ATLASES)
+           for fmt, r in roots.items()}  # fmt: skip
+    with h5py.File(out["hdf5"]) as a, h5py.File(out["nifti"]) as b:
+        for name in ("train/betas", "test/betas", "trials/betas", "voxels/ijk", "voxels/nc_test"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
