@@ -28,9 +28,9 @@ def prep_summary(responses: list[str | Path], table: str | Path, figure: str | P
                 "n_train": len(f["train/nsd_ids"]),
                 "n_test": len(f["test/nsd_ids"]),
                 "n_trials": len(f["trials/nsd_ids"]),
-                "n_sessions": int(f["trials/session"][-1]),
-                "median_ncsnr": float(np.median(f["voxels/ncsnr"][()])),
-                "median_nc_test_pct": float(np.median(nc)),
+                "n_sessions": len(np.unique(f["trials/session"][()])),  # 0 for Algonauts (no single trials)
+                "median_ncsnr": float(np.nanmedian(f["voxels/ncsnr"][()])),  # NaN where ncsnr is unknown
+                "median_nc_test_pct": float(np.nanmedian(nc)),
                 "frac_nc_ge_5pct": float(np.mean(nc >= 5)),
             })  # fmt: skip
     df = pd.DataFrame(rows)
@@ -39,7 +39,7 @@ def prep_summary(responses: list[str | Path], table: str | Path, figure: str | P
     fig, ax = plt.subplots(figsize=(5, 3.2), layout="constrained")
     bins = np.linspace(0, 100, 41)
     for subject, nc in ncs.items():
-        ax.hist(nc, bins=bins, histtype="step", label=subject)
+        ax.hist(nc[np.isfinite(nc)], bins=bins, histtype="step", label=subject)
     ax.set(xlabel="noise ceiling of test responses (% variance)", ylabel="voxels")
     ax.legend(frameon=False)
     with atomic_path(figure) as tmp:
