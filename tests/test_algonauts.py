@@ -151,8 +151,16 @@ def test_stimuli_match_the_nsd_path(exported: tuple[dict[str, Path], Path], tiny
 
 
 def test_cli_synthesizes_and_reads_the_algonauts_layout(tmp_path: Path) -> None:
-    spec = {"seed": 5, "n_subjects": 2, "n_train": 12, "n_shared": 4, "image_size": 32,
-            "trials_per_session": 48, "sessions_kept": [1.0], "voxel_mm": 6.0}  # fmt: skip
+    spec = {
+        "seed": 5,
+        "n_subjects": 2,
+        "n_train": 12,
+        "n_shared": 4,
+        "image_size": 32,
+        "trials_per_session": 48,
+        "sessions_kept": [1.0],
+        "voxel_mm": 6.0,
+    }
     root = tmp_path / "world"
     assert main(["synthesize", "--layout", "algonauts", "--spec", json.dumps(spec), "--out", str(root)]) == 0
     assert (root / "subj01/training_split/training_fmri/lh_training_fmri.npy").is_file()

@@ -82,11 +82,14 @@ def test_voxel_order_is_matlab_column_major() -> None:
 
 def test_expdesign_indices_become_zero_based(tmp_path: Path) -> None:
     path = tmp_path / "nsd_expdesign.mat"
-    scipy.io.savemat(str(path), {
-        "masterordering": np.array([[2, 1, 2]]),
-        "subjectim": np.array([[10, 20], [30, 40]]),
-        "sharedix": np.array([[10]]),
-    })  # fmt: skip
+    scipy.io.savemat(
+        str(path),
+        {
+            "masterordering": np.array([[2, 1, 2]]),
+            "subjectim": np.array([[10, 20], [30, 40]]),
+            "sharedix": np.array([[10]]),
+        },
+    )
     d = read_expdesign(path)
     np.testing.assert_array_equal(d.masterordering, [1, 0, 1])
     np.testing.assert_array_equal(d.sharedix, [9])

@@ -107,12 +107,15 @@ def test_same_seed_gives_identical_files(tmp_path: Path, tiny_spec) -> None:
 
 
 def test_nifti_and_hdf5_sessions_give_the_same_responses(tmp_path: Path, tiny_spec) -> None:
-    spec = dataclasses.replace(tiny_spec, n_subjects=1, n_train=20, n_shared=4, trials_per_session=24,
-                               sessions_kept=(1.0,))  # fmt: skip
+    spec = dataclasses.replace(
+        tiny_spec, n_subjects=1, n_train=20, n_shared=4, trials_per_session=24, sessions_kept=(1.0,)
+    )
     roots = {fmt: write_world(dataclasses.replace(spec, betas_format=fmt), tmp_path / fmt) for fmt in ("hdf5", "nifti")}
     assert list((roots["nifti"] / "nsddata_betas").rglob("betas_session01.nii.gz"))
-    out = {fmt: preprocess_subject(NSDLayout(r), "subj01", tmp_path / f"{fmt}.h5", ["nsdgeneral"], ATLASES)
-           for fmt, r in roots.items()}  # fmt: skip
+    out = {
+        fmt: preprocess_subject(NSDLayout(r), "subj01", tmp_path / f"{fmt}.h5", ["nsdgeneral"], ATLASES)
+        for fmt, r in roots.items()
+    }
     with h5py.File(out["hdf5"]) as a, h5py.File(out["nifti"]) as b:
         for name in ("train/betas", "test/betas", "trials/betas", "voxels/ijk", "voxels/nc_test"):
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)

@@ -189,7 +189,14 @@ def sample_voxel_params(family: np.ndarray, roi_kind: list[str], rng: np.random.
             category_gain[v] = rng.uniform(0.2, 0.6)
     return VoxelParams(
         family=family.astype(np.int8),
-        prf_x=prf_x, prf_y=prf_y, prf_sigma=prf_sigma,
-        energy_w=energy_w, pref_x=pref_x, pref_y=pref_y, pref_sigma=pref_sigma,
-        category_w=category_w, low_gain=low_gain, category_gain=category_gain,
-    )  # fmt: skip
+        prf_x=prf_x,
+        prf_y=prf_y,
+        prf_sigma=prf_sigma,
+        energy_w=energy_w,
+        pref_x=pref_x,
+        pref_y=pref_y,
+        pref_sigma=pref_sigma,
+        category_w=category_w,
+        low_gain=low_gain,
+        category_gain=category_gain,
+    )

@@ -8,6 +8,7 @@ world's category detector is trained on; the caption names every category presen
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -296,3 +297,18 @@ def render_many(scenes: list[Scene], size: int, grid: int) -> tuple[np.ndarray, 
     for i, sc in enumerate(scenes):
         images[i], masks[i] = render(sc, size, grid)
     return images, masks
+
+
+def scenes_fingerprint(image_size: int, n: int = 24) -> str:
+    """Hash of what the scene generator draws (pixels and captions of fixed-seed scenes) at ``image_size``.
+
+    Models trained on nsd-synth images record it; it changes exactly when the generator's output changes.
+    """
+    h = hashlib.sha256(str(image_size).encode())
+    rng = np.random.default_rng(20231)
+    for _ in range(n):
+        scene = sample_scene(rng)
+        image, _ = render(scene, image_size, max(1, image_size // 4))
+        h.update(image.tobytes())
+        h.update(caption(scene).encode())
+    return h.hexdigest()[:16]

@@ -174,10 +174,19 @@ def build_world(spec: WorldSpec) -> World:
         subject_snr = sub_rng.uniform(0.85, 1.15)
         ncsnr = family_snr * np.exp(sub_rng.normal(0, spec.ncsnr_spread, len(kind)))
         ncsnr *= spec.ncsnr_median * subject_snr / np.median(ncsnr)  # the spec's median, up to subject variation
-        world.subjects.append(Subject(
-            name=name, anatomy=anatomy, params=params, readout=readout, ncsnr=np.clip(ncsnr, 0.08, 2.5),
-            ijk=ijk, kind=kind, responses=responses, n_trials=spec.sessions_of(s) * spec.trials_per_session,
-        ))  # fmt: skip
+        world.subjects.append(
+            Subject(
+                name=name,
+                anatomy=anatomy,
+                params=params,
+                readout=readout,
+                ncsnr=np.clip(ncsnr, 0.08, 2.5),
+                ijk=ijk,
+                kind=kind,
+                responses=responses,
+                n_trials=spec.sessions_of(s) * spec.trials_per_session,
+            )
+        )
     return world
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -38,19 +39,28 @@ def _save_nii(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
 def _write_design(world: World, layout: NSDLayout) -> None:
     d = world.design
     layout.expdesign.parent.mkdir(parents=True, exist_ok=True)
-    scipy.io.savemat(str(layout.expdesign), {
-        "masterordering": (d.masterordering + 1)[None].astype(np.float64),
-        "subjectim": (d.subjectim + 1).astype(np.float64),
-        "sharedix": (d.sharedix + 1)[None].astype(np.float64),
-    })  # fmt: skip
+    buf = io.BytesIO()
+    scipy.io.savemat(
+        buf,
+        {
+            "masterordering": (d.masterordering + 1)[None].astype(np.float64),
+            "subjectim": (d.subjectim + 1).astype(np.float64),
+            "sharedix": (d.sharedix + 1)[None].astype(np.float64),
+        },
+    )
+    # MAT-v5's 116-byte text header carries the creation time; a fixed one keeps same-seed worlds byte-identical.
+    header = b"MATLAB 5.0 MAT-file, written by brainatt nsd-synth".ljust(116)
+    layout.expdesign.write_bytes(header + buf.getvalue()[116:])
     spec = world.spec
-    info = pd.DataFrame({
-        "nsdId": np.arange(spec.n_images),
-        "cocoId": np.arange(spec.n_images) + COCO_OFFSET,
-        "cocoSplit": "train2017",
-        "cropBox": "(0, 0, 0, 0)",
-        "shared1000": np.isin(np.arange(spec.n_images), d.sharedix),
-    })  # fmt: skip
+    info = pd.DataFrame(
+        {
+            "nsdId": np.arange(spec.n_images),
+            "cocoId": np.arange(spec.n_images) + COCO_OFFSET,
+            "cocoSplit": "train2017",
+            "cropBox": "(0, 0, 0, 0)",
+            "shared1000": np.isin(np.arange(spec.n_images), d.sharedix),
+        }
+    )
     for s, sub in enumerate(world.subjects):
         shown = np.zeros(spec.n_images, bool)
         shown[d.subjectim[s]] = True
@@ -120,15 +130,25 @@ def _write_betas(world: World, layout: NSDLayout, s: int) -> None:
 
 def _write_ground_truth(world: World, gt: Path) -> None:
     spec = world.spec
-    write_json(gt / "world.json", {
-        "generator_version": GENERATOR_VERSION, "fingerprint": world_fingerprint(spec), "spec": spec.as_dict(),
-        "categories": list(CATEGORIES), "grid": spec.image_size // 4,
-    })  # fmt: skip
+    write_json(
+        gt / "world.json",
+        {
+            "generator_version": GENERATOR_VERSION,
+            "fingerprint": world_fingerprint(spec),
+            "spec": spec.as_dict(),
+            "categories": list(CATEGORIES),
+            "grid": spec.image_size // 4,
+        },
+    )
     scenes = [
-        {"nsd_id": i, "place": sc.place, "caption": world.captions[i],
-         "objects": [{"category": o.category, "cx": o.cx, "cy": o.cy, "size": o.size} for o in sc.objects]}
+        {
+            "nsd_id": i,
+            "place": sc.place,
+            "caption": world.captions[i],
+            "objects": [{"category": o.category, "cx": o.cx, "cy": o.cy, "size": o.size} for o in sc.objects],
+        }
         for i, sc in enumerate(world.scenes)
-    ]  # fmt: skip
+    ]
     write_json(gt / "scenes.json", scenes)
     for sub in world.subjects:
         with h5py.File(gt / f"{sub.name}.h5", "w") as f:

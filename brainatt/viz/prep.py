@@ -22,17 +22,19 @@ def prep_summary(responses: list[str | Path], table: str | Path, figure: str | P
             subject = str(f.attrs["subject"])
             nc = f["voxels/nc_test"][()]
             ncs[subject] = nc
-            rows.append({
-                "subject": subject,
-                "n_voxels": nc.size,
-                "n_train": len(f["train/nsd_ids"]),
-                "n_test": len(f["test/nsd_ids"]),
-                "n_trials": len(f["trials/nsd_ids"]),
-                "n_sessions": len(np.unique(f["trials/session"][()])),  # 0 for Algonauts (no single trials)
-                "median_ncsnr": float(np.nanmedian(f["voxels/ncsnr"][()])),  # NaN where ncsnr is unknown
-                "median_nc_test_pct": float(np.nanmedian(nc)),
-                "frac_nc_ge_5pct": float(np.mean(nc >= 5)),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "subject": subject,
+                    "n_voxels": nc.size,
+                    "n_train": len(f["train/nsd_ids"]),
+                    "n_test": len(f["test/nsd_ids"]),
+                    "n_trials": len(f["trials/nsd_ids"]),
+                    "n_sessions": len(np.unique(f["trials/session"][()])),  # 0 for Algonauts (no single trials)
+                    "median_ncsnr": float(np.nanmedian(f["voxels/ncsnr"][()])),  # NaN where ncsnr is unknown
+                    "median_nc_test_pct": float(np.nanmedian(nc)),
+                    "frac_nc_ge_5pct": float(np.mean(nc >= 5)),
+                }
+            )
     df = pd.DataFrame(rows)
     with atomic_path(table) as tmp:
         df.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
