@@ -32,12 +32,36 @@ from brainatt.nsd.layout import (
 log = logging.getLogger(__name__)
 
 
+def _column_sums(x: np.ndarray, squares: bool = False) -> np.ndarray:
+    """Column sums (of squares) of float32 ``x``: float32 partials over 32-row blocks, added in float64.
+
+    As accurate as float64 accumulation here, at float32 speed (~3× faster on 750 × 225k).
+    """
+    acc = np.zeros(x.shape[1])
+    for r0 in range(0, len(x), 32):
+        block = x[r0 : r0 + 32]
+        acc += np.einsum("ij,ij->j", block, block) if squares else block.sum(0)
+    return acc
+
+
 def zscore_session(betas: np.ndarray) -> np.ndarray:
-    """z-score each voxel (column) over a session's trials; NaN trials are ignored, then set to 0."""
-    mean = np.nanmean(betas, axis=0, dtype=np.float64)
-    std = np.nanstd(betas, axis=0, dtype=np.float64)
-    z = (betas - mean.astype(np.float32)) / (std + 1e-6).astype(np.float32)
-    return np.nan_to_num(z, copy=False)
+    """z-score each voxel (column) over a session's trials, in place; NaN trials are ignored, then set to 0.
+
+    Two passes over float32 ``betas`` and no full-size temporaries; only columns holding NaN take the nan* path.
+    """
+    n = len(betas)
+    mean = _column_sums(betas) / n
+    bad = np.flatnonzero(~np.isfinite(mean))
+    if len(bad):
+        sub = betas[:, bad]
+        z_bad = (sub - np.nanmean(sub, 0, dtype=np.float64).astype(np.float32)) / (
+            np.nanstd(sub, 0, dtype=np.float64) + 1e-6
+        ).astype(np.float32)
+    betas -= mean.astype(np.float32)
+    betas /= (np.sqrt(_column_sums(betas, squares=True) / n) + 1e-6).astype(np.float32)
+    if len(bad):
+        betas[:, bad] = np.nan_to_num(z_bad)
+    return betas
 
 
 @dataclass
@@ -161,8 +185,7 @@ def preprocess_subject(
                     f"{path}: voxel {tuple(int(x) for x in bad)} is NaN in every trial "
                     f"({int(dead.sum())} such voxels): repair the file or exclude them via dataset.mask"
                 )
-            z = zscore_session(betas)
-            del betas
+            z = zscore_session(betas)  # in place: z is betas
             lo = k * per_session
             trials[lo : lo + per_session] = z.astype(np.float16)
             for t in range(per_session):  # a row loop beats np.add.at by ~50× here
