@@ -71,6 +71,20 @@ def cmd_prep_summary(args: argparse.Namespace) -> None:
     prep_summary(args.responses, args.table, args.figure)
 
 
+def cmd_kit(args: argparse.Namespace) -> None:
+    from brainatt.models.kit import KitConfig, train_kit
+
+    train_kit(KitConfig.from_config(json.loads(args.spec)), args.out)
+
+
+def cmd_kit_eval(args: argparse.Namespace) -> None:
+    from brainatt.models.kit import check_manifest
+    from brainatt.models.kit_eval import write_kit_quality
+
+    check_manifest(args.kit)
+    print(write_kit_quality(args.kit, args.table, args.figure).to_string(index=False))
+
+
 def cmd_synth_detector(args: argparse.Namespace) -> None:
     from brainatt.synth.detector import train_detector
 
@@ -115,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("prep-summary", cmd_prep_summary, "table and noise-ceiling figure over subjects' responses.h5")
     p.add_argument("--responses", nargs="+", required=True)
+    p.add_argument("--table", required=True)
+    p.add_argument("--figure", required=True)
+
+    p = add("kit", cmd_kit, "train the kit (tokenizer, CLIP, captioner) on nsd-synth scenes; resumes")
+    p.add_argument("--spec", default="{}", help="JSON object of kit settings (config section 'kit')")
+    p.add_argument("--out", required=True, help="kit folder (e.g. results/kit)")
+
+    p = add("kit-eval", cmd_kit_eval, "kit quality on held-out nsd-synth scenes → table and sample figure")
+    p.add_argument("--kit", required=True, help="kit folder (with manifest.json)")
     p.add_argument("--table", required=True)
     p.add_argument("--figure", required=True)
 

@@ -14,17 +14,48 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = {
-    "dataset": {"root": "results/nsd-synth", "subjects": ["subj01", "subj02"],
-                "atlases": ["prf-visualrois", "floc-faces", "nsdgeneral"]},
-    "synth": {"seed": 1, "n_subjects": 2, "n_train": 40, "n_shared": 12, "image_size": 32,
-              "trials_per_session": 52, "sessions_kept": [1.0, 0.75], "voxel_mm": 6.0},
-}  # fmt: skip
+    "dataset": {
+        "root": "results/nsd-synth",
+        "subjects": ["subj01", "subj02"],
+        "atlases": ["prf-visualrois", "floc-faces", "nsdgeneral"],
+    },
+    "synth": {
+        "seed": 1,
+        "n_subjects": 2,
+        "n_train": 40,
+        "n_shared": 12,
+        "image_size": 32,
+        "trials_per_session": 52,
+        "sessions_kept": [1.0, 0.75],
+        "voxel_mm": 6.0,
+    },
+    # 32-px images: the shipped (64-px) kit does not match, so the DAG must retrain a (tiny) kit.
+    "kit": {
+        "n_images": 200,
+        "vocab_size": 300,
+        "eval_images": 100,
+        "clip": {"steps": 3, "batch": 16, "vision_layers": 1, "text_layers": 1},
+        "captioner": {"steps": 3, "batch": 8, "layers": 1},
+    },
+}
 
 
 def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--cores",
+        "2",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -40,6 +71,9 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path: Path) -> None:
             assert f.attrs["config_hash"]
     with h5py.File(tmp_path / "results/stimuli/images.h5") as f:
         assert f["images"].shape[1:] == (32, 32, 3) and f["captions"].shape[0] == len(f["nsd_ids"])
+    assert (tmp_path / "results/kit/manifest.json").exists()  # stale shipped kit → retrained
+    kit = pd.read_csv(tmp_path / "results/tables/kit_quality.tsv", sep="\t")
+    assert {"clip_zero_shot_5way", "captioner_names_present"} <= set(kit.metric)
     table = pd.read_csv(tmp_path / "results/tables/prep.tsv", sep="\t")
     assert list(table.subject) == ["subj01", "subj02"]
     assert table.n_sessions.tolist() == [3, 2]  # subj02 completed 75% of the sessions

@@ -1,0 +1,320 @@
+"""The kit: small models trained on nsd-synth scenes so the embedded default runs without downloads.
+
+``brainatt kit --out DIR`` trains, in order, a byte-level BPE tokenizer on captions (``tokenizers``), a CLIP-style
+model (open_clip custom config; its image tower is the demo backbone), and a ClipCap-style prefix captioner
+(MLP + small GPT-2), each saved in its library's own format so it loads through the same loaders as real
+pretrained models. Training data are fresh scenes from the nsd-synth generator (unlimited, same distribution as
+the stimuli). ``manifest.json`` records the generator fingerprint, training configs and file hashes; a kit whose
+fingerprint no longer matches the configured world is stale and the DAG retrains it.
+
+Training checkpoints every ``checkpoint_every`` steps under ``DIR/checkpoints/`` and resumes from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from brainatt import __version__
+from brainatt.io import BrainattError, atomic_path, file_hash, write_json
+from brainatt.synth.scenes import caption, render_many, sample_scene, scenes_fingerprint
+from brainatt.synth.world import images_to_tensor
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+SPECIAL = {"pad_token": "<|pad|>", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    embed_dim: int = 128
+    vision_width: int = 128
+    vision_layers: int = 6
+    patch_size: int = 8
+    text_width: int = 128
+    text_layers: int = 3
+    context_length: int = 32
+    steps: int = 1500
+    batch: int = 128
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class CaptionerConfig:
+    width: int = 128
+    layers: int = 2
+    prefix_len: int = 4
+    steps: int = 1200
+    batch: int = 64
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class KitConfig:
+    image_size: int = 64
+    seed: int = 0
+    n_images: int = 16000
+    vocab_size: int = 600
+    checkpoint_every: int = 200
+    eval_images: int = 600  # held-out scenes scored by kit-eval
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> KitConfig:
+        cfg = dict(cfg)
+        parts = {"clip": ClipConfig, "captioner": CaptionerConfig}
+        for key, kind in parts.items():
+            if key in cfg:
+                cfg[key] = kind(**cfg[key])
+        return cls(**cfg)
+
+
+def kit_fingerprint(image_size: int) -> str:
+    """What a kit must match: the scene generator's output at the configured image size."""
+    return scenes_fingerprint(image_size)
+
+
+def kit_is_current(kit_dir: str | Path, image_size: int) -> bool:
+    path = Path(kit_dir) / MANIFEST
+    if not path.exists():
+        return False
+    return json.loads(path.read_text()).get("generator_fingerprint") == kit_fingerprint(image_size)
+
+
+# -------------------------------------------------------------------------------------------------- training
+def _schedule(step: int, total: int, warmup: int = 100) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _train(
+    name: str,
+    model: torch.nn.Module,
+    loss_fn: Callable[[np.ndarray], torch.Tensor],
+    n_items: int,
+    steps: int,
+    batch: int,
+    lr: float,
+    ckpt_dir: Path,
+    every: int,
+    seed: int,
+) -> None:
+    """AdamW + warmup/cosine loop over random minibatches, checkpointing and resuming by step."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.05)
+    ckpt = ckpt_dir / f"{name}.pt"
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = int(state["step"])
+        log.info("%s: resuming at step %d from %s", name, start, ckpt)
+    model.train()
+    with tqdm(total=steps, initial=start, desc=f"kit {name}") as bar:
+        for step in range(start, steps):
+            rng = np.random.default_rng([seed, step])  # batch depends only on the step: resume is exact
+            for g in opt.param_groups:
+                g["lr"] = lr * _schedule(step, steps)
+            loss = loss_fn(rng.choice(n_items, size=batch, replace=False))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if (step + 1) % every == 0 or step + 1 == steps:
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+                with atomic_path(ckpt) as tmp:
+                    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1}, tmp)
+    model.eval()
+
+
+def kit_scenes(n: int, seed: int, image_size: int) -> tuple[np.ndarray, list[str], list]:
+    """``n`` fresh nsd-synth scenes: images, captions and descriptions."""
+    rng = np.random.default_rng([seed, 7])
+    scenes = [sample_scene(rng) for _ in range(n)]
+    images, _ = render_many(scenes, image_size, max(1, image_size // 4))
+    return images, [caption(s) for s in scenes], scenes
+
+
+def train_tokenizer(captions: list[str], vocab_size: int, out: Path):
+    """Byte-level BPE on the captions, wrapped as a transformers fast tokenizer (used by CLIP and GPT-2)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        captions, vocab_size=vocab_size, min_frequency=2, special_tokens=[SPECIAL["pad_token"], SPECIAL["eos_token"]]
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, **SPECIAL)
+    tok.save_pretrained(out)
+    return tok
+
+
+def clip_model_config(cfg: KitConfig, vocab_size: int) -> dict:
+    c = cfg.clip
+    return {
+        "model_cfg": {
+            "embed_dim": c.embed_dim,
+            "vision_cfg": {
+                "image_size": cfg.image_size,
+                "patch_size": c.patch_size,
+                "width": c.vision_width,
+                "layers": c.vision_layers,
+                "head_width": 32,
+                "mlp_ratio": 4.0,
+            },
+            "text_cfg": {
+                "context_length": c.context_length,
+                "vocab_size": vocab_size,
+                "width": c.text_width,
+                "heads": c.text_width // 32,
+                "layers": c.text_layers,
+                "hf_tokenizer_name": "brainatt-kit",
+                "pool_type": "last",
+                "no_causal_mask": True,
+            },
+        },
+        "preprocess_cfg": {
+            "size": cfg.image_size,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
+    }
+
+
+def train_clip(cfg: KitConfig, images: np.ndarray, captions: list[str], tokenizer, out: Path) -> None:
+    import open_clip
+
+    config = clip_model_config(cfg, len(tokenizer))
+    torch.manual_seed(cfg.seed)
+    model = open_clip.model.CLIP(**config["model_cfg"], output_dict=True)
+    mean = torch.tensor(config["preprocess_cfg"]["mean"])[:, None, None]
+    std = torch.tensor(config["preprocess_cfg"]["std"])[:, None, None]
+    ids = tokenizer(
+        captions, padding="max_length", max_length=cfg.clip.context_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    clip_loss = open_clip.loss.ClipLoss()
+
+    def loss_fn(idx: np.ndarray) -> torch.Tensor:
+        x = (images_to_tensor(images[idx]) - mean) / std
+        o = model(x, ids[idx])
+        return clip_loss(o["image_features"], o["text_features"], o["logit_scale"])
+
+    c = cfg.clip
+    _train(
+        "clip",
+        model,
+        loss_fn,
+        len(images),
+        c.steps,
+        c.batch,
+        c.lr,
+        out.parent / "checkpoints",
+        cfg.checkpoint_every,
+        cfg.seed,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "open_clip_config.json").write_text(json.dumps(config, indent=1))
+    save_file(
+        {k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
+        str(out / "open_clip_model.safetensors"),
+    )
+    tokenizer.save_pretrained(out)
+
+
+def train_captioner(
+    cfg: KitConfig, images: np.ndarray, captions: list[str], tokenizer, clip_dir: Path, out: Path
+) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from brainatt.models.captioner import PrefixCaptioner
+    from brainatt.models.loading import ModelSpec, load_clip
+
+    clip = load_clip(ModelSpec(role="clip", name=str(clip_dir)))
+    with torch.no_grad():
+        emb = torch.cat([clip.encode_image(images_to_tensor(images[i : i + 512])) for i in range(0, len(images), 512)])
+    c = cfg.captioner
+    torch.manual_seed(cfg.seed)
+    lm = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=64,
+            n_embd=c.width,
+            n_layer=c.layers,
+            n_head=c.width // 32,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    model = PrefixCaptioner(lm, tokenizer, clip_dim=emb.shape[1], prefix_len=c.prefix_len)
+    _train(
+        "captioner",
+        model,
+        lambda idx: model(emb[idx], [captions[i] for i in idx]),
+        len(images),
+        c.steps,
+        c.batch,
+        c.lr,
+        out.parent / "checkpoints",
+        cfg.checkpoint_every,
+        cfg.seed,
+    )
+    model.save_pretrained(out)
+
+
+def train_kit(cfg: KitConfig, out: str | Path) -> Path:
+    """Train every kit part into ``out`` (resuming from ``out/checkpoints``) and write the manifest last."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("rendering %d training scenes", cfg.n_images)
+    images, captions, _ = kit_scenes(cfg.n_images, cfg.seed, cfg.image_size)
+    tokenizer = train_tokenizer(captions, cfg.vocab_size, out / "tokenizer")
+    train_clip(cfg, images, captions, tokenizer, out / "clip")
+    train_captioner(cfg, images, captions, tokenizer, out / "clip", out / "captioner")
+    files = {
+        str(p.relative_to(out)): file_hash(p)
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and "checkpoints" not in p.parts and p.name != MANIFEST
+    }
+    write_json(
+        out / MANIFEST,
+        {
+            "brainatt_version": __version__,
+            "generator_fingerprint": kit_fingerprint(cfg.image_size),
+            "config": dataclasses.asdict(cfg),
+            "files": files,
+        },
+    )
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return out
+
+
+def check_manifest(kit_dir: str | Path) -> dict:
+    """The manifest, after checking every listed file's hash (a damaged kit is an error, not a silent retrain)."""
+    kit_dir = Path(kit_dir)
+    path = kit_dir / MANIFEST
+    if not path.exists():
+        raise BrainattError(f"{path}: no kit manifest: run `snakemake kit`")
+    manifest = json.loads(path.read_text())
+    for rel, digest in manifest["files"].items():
+        f = kit_dir / rel
+        if not f.exists() or file_hash(f) != digest:
+            raise BrainattError(f"{f}: kit file missing or changed since training: retrain with `snakemake kit`")
+    return manifest

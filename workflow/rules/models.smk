@@ -1,0 +1,47 @@
+# The kit: the shipped one when its manifest matches the configured world, else one retrained by rule `kit`.
+
+
+rule kit:
+    output:
+        directory("results/kit"),
+    params:
+        spec=json.dumps(KIT_SPEC, sort_keys=True),
+    log:
+        "logs/kit.log",
+    benchmark:
+        "benchmarks/kit.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=0,
+    conda:
+        CONDA_ENV
+    shell:
+        "brainatt kit --spec {params.spec:q} --out {output} > {log} 2>&1"
+
+
+rule kit_eval:
+    input:
+        kit_input,
+    output:
+        table="results/tables/kit_quality.tsv",
+        figure=report(
+            "results/figures/kit_samples.png",
+            caption="../report/kit_samples.rst",
+            category="Models",
+        ),
+    params:
+        kit=KIT_DIR,
+    log:
+        "logs/kit_eval.log",
+    benchmark:
+        "benchmarks/kit_eval.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        CONDA_ENV
+    shell:
+        "brainatt kit-eval --kit {params.kit:q} --table {output.table} --figure {output.figure} > {log} 2>&1"
