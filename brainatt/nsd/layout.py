@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,7 +177,12 @@ def _load_volume(path: Path, what: str) -> nib.Nifti1Image:
 def read_volume(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     """A 3-D volume and its affine."""
     img = _load_volume(path, what)
-    return np.asarray(img.dataobj), img.affine
+    try:
+        return np.asarray(img.dataobj), img.affine
+    except (OSError, EOFError, zlib.error) as e:  # the header read fine, the data did not
+        raise BrainattError(
+            f"{path}: cannot read {what} ({e}): the file is corrupt or truncated; re-download it"
+        ) from None
 
 
 def read_ctab(path: Path) -> dict[int, str]:
@@ -264,7 +270,8 @@ def read_session(path: Path, mask: np.ndarray) -> np.ndarray:
             if ds.shape[1:] != mask.shape[::-1]:
                 raise BrainattError(
                     f"{path}: betas volume {ds.shape[1:]} (Z,Y,X) does not match the mask "
-                    f"{mask.shape} (X,Y,Z): the session belongs to another subject or space"
+                    f"{mask.shape} (X,Y,Z): the session belongs to another subject or space; "
+                    "re-download it, or fix dataset.space/betas"
                 )
             mask_zyx = mask.transpose(2, 1, 0)
             zs = np.flatnonzero(mask_zyx.any((1, 2)))
@@ -295,7 +302,7 @@ def read_session(path: Path, mask: np.ndarray) -> np.ndarray:
         if img.ndim != 4 or img.shape[:3] != mask.shape:
             raise BrainattError(
                 f"{path}: betas volume {img.shape} does not match the mask {mask.shape} + trials: "
-                "the session belongs to another subject or space"
+                "the session belongs to another subject or space; re-download it, or fix dataset.space/betas"
             )
         data = np.asanyarray(img.dataobj)
         _check_beta_dtype(path, data.dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,7 +178,12 @@ def preprocess_subject(
             "trials/betas", (n_trials, n_vox), np.float16, chunks=(min(per_session, 256), min(n_vox, 1024))
         )
         for k, path in enumerate(tqdm(sessions, desc=f"{subject} sessions")):
-            betas = read_session(path, sel.mask)
+            try:
+                betas = read_session(path, sel.mask)
+            except (OSError, EOFError, zlib.error) as e:  # damage past the header: a bad chunk, a cut gzip stream
+                raise BrainattError(
+                    f"{path}: cannot read the betas ({e}): the file is corrupt or truncated; re-download it"
+                ) from None
             dead = np.isnan(betas).all(0)
             if dead.any():
                 bad = sel.ijk[np.flatnonzero(dead)[0]]

@@ -49,7 +49,13 @@ def write_stimuli(layout: NSDLayout, subjects: list[str], out: str | Path) -> Pa
         f["nsd_ids"] = ids
         images = f.create_dataset("images", (len(ids), *brick.shape[1:]), np.uint8, chunks=(1, *brick.shape[1:]))
         for i in tqdm(range(0, len(ids), CHUNK), desc="stimuli"):
-            images[i : i + CHUNK] = brick[ids[i : i + CHUNK]]  # sorted ids: h5py fancy indexing is allowed
+            try:
+                block = brick[ids[i : i + CHUNK]]  # sorted ids: h5py fancy indexing is allowed
+            except OSError as e:  # damage past the header, e.g. a bad compressed chunk
+                raise BrainattError(
+                    f"{path}: cannot read imgBrick ({e}): the file is corrupt or truncated; re-download it"
+                ) from None
+            images[i : i + CHUNK] = block
         if captions is not None:
             per = [captions.get(int(n), []) for n in ids]
             width = max(1, max(len(c) for c in per))
