@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -88,10 +89,10 @@ def write_kit_quality(kit_dir: str | Path, table_path: str | Path, figure_path: 
     table, samples = evaluate_kit(kit_dir, n_images=cfg.get("eval_images", 600), image_size=cfg["image_size"])
     with atomic_path(table_path) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
-    fig, axes = plt.subplots(3, 4, figsize=(10, 8.5), layout="constrained")
+    fig, axes = plt.subplots(3, 4, figsize=(10, 10), layout="constrained")
     for ax, im, true, gen in zip(axes.flat, samples["images"], samples["captions"], samples["generated"], strict=True):
         ax.imshow(im)
-        ax.set_title(f"true: {true}\nkit: {gen}", fontsize=6.5, wrap=True)
+        ax.set_title("\n".join([*textwrap.wrap(f"true: {true}", 42), *textwrap.wrap(f"kit: {gen}", 42)]), fontsize=6)
         ax.axis("off")
     with atomic_path(figure_path) as tmp:
         fig.savefig(tmp, dpi=110, format=Path(figure_path).suffix.lstrip("."))
