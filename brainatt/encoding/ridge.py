@@ -15,20 +15,24 @@ How it is computed (n samples, p features, t targets, a values of α, k ≤ p th
   on all-sample means (which changes no fold's answer) so the fold-level corrections, which are rank-one updates
   of cross-products, stay small and do not cancel in float32.
 - **One decomposition per fold, reused for every α.** The train-fold Gram matrix ``XᵀX`` (p × p, float64) is
-  eigendecomposed, ``V diag(s²) Vᵀ``; then ``coef(α) = V diag(1 / (s² + α)) Z`` with ``Z = Vᵀ Xᵀ Y``. Train-fold
-  cross-products are all-sample ones minus validation ones, so no train-fold copy of Y is made.
+  eigendecomposed, ``V diag(s²) Vᵀ``; then ``coef(α) = V diag(1 / (s² + α)) z`` with ``z = Vᵀ Xᵀ y``. Train-fold
+  cross-products are all-sample ones minus validation ones, so no train-fold copy of Y is made. The products that
+  scale with t use the whitened features U of the all-sample SVD ``X = U diag(s) Vᵀ`` (see `_Whitened`), which
+  keeps float32 coefficients as accurate as an SVD solver's.
 - **Validation error without predictions.** For a validation block (Xv, Yv centered with the train-fold means),
-  with ``e = 1 / (s² + α)``, ``B = Vᵀ Xvᵀ Yv`` and ``G = Vᵀ Xvᵀ Xv V = Fᵀ F``, the squared error of target j is
-  ``‖yv_j‖² − 2 Σ_k e_k B_kj Z_kj + ‖F diag(e) z_j‖²``. Per α this costs r·k·t (r = rank G ≤ min(n_val, k))
+  write ``G = Vᵀ Xvᵀ Xv V = Fᵀ F`` and ``g = F⁻ᵀ Vᵀ Xvᵀ yv`` (the coordinates of yv in the column space of Xv V).
+  With ``e = 1 / (s² + α)`` the squared error of a target is ``(‖yv‖² − ‖g‖²) + ‖g − F diag(e) z‖²``: the first
+  term no α can change, the second is a residual of length r = rank G ≤ min(n_val, p). Per α this costs r·k·t
   instead of n_val·k·t for forming predictions, and never materialises an (a, n_val, t) array.
   ``bench/ridge.py`` (bench/RESULTS.md, "## ridge") measures it against himalaya's hat-matrix path.
 - **Precision.** p × p work (Gram matrices, eigendecompositions) is float64; the products that scale with t
-  (Xᵀ Y, the projections, ``F diag(e) Z``) run in the compute ``dtype`` (float32 by default); per-fold errors
-  are combined and averaged over folds in float64.
+  run in the compute ``dtype`` (float32 by default); per-fold errors are combined and averaged over folds in
+  float64. The α-dependent part of each error is a direct residual, so its float32 error scales with the residual;
+  the α-independent part carries about eps32·‖yv‖² (it shifts a target's scores, not its choice).
 - **Memory.** Targets are processed in chunks of ``n_targets_batch`` columns; ``Y`` is read one chunk at a time
   (a numpy array, a memmap or an h5py dataset all work), so the working set is O(n · batch + p² · folds).
-- **Refit.** Each target's coefficients are ``V diag(1 / (s² + α_j)) z_j`` in the all-sample eigenbasis: scaling
-  the columns of Z by their own filter makes the refit of all targets, whatever their α, one matrix product, which
+- **Refit.** Each target's coefficients are ``V diag(s / (s² + α_j)) Uᵀ y_j`` (all-sample SVD): scaling the
+  columns of ``Uᵀ Y`` by their own filter makes the refit of all targets, whatever their α, one matrix product, which
   is what grouping targets by α achieves in other solvers.
 
 α selection criterion: the mean over folds of the negative mean squared error on the validation fold (each fold's
@@ -120,19 +124,6 @@ def _check_alphas(alphas: Any, who: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- solver pieces
 
 
-@dataclass(frozen=True)
-class _Basis:
-    """Eigenbasis of a centered Gram matrix ``XᵀX = V diag(s2) Vᵀ``, truncated to its numerical rank."""
-
-    V: np.ndarray  # (p, k) in the compute dtype
-    Vt: np.ndarray  # (k, p) C-contiguous copy of V.T, for Vᵀ @ (p, t) products
-    s2: np.ndarray  # (k,) float64 eigenvalues, > 0
-
-    def filters(self, alphas: np.ndarray) -> np.ndarray:
-        """(k, len(alphas)) float64 spectral filters ``1 / (s² + α)``."""
-        return 1.0 / (self.s2[:, None] + alphas[None, :])
-
-
 def _psd_eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigenpairs of a symmetric PSD float64 matrix with eigenvalues above p·eps·max (its numerical rank)."""
     w, v = np.linalg.eigh(a)
@@ -140,11 +131,25 @@ def _psd_eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return w[keep], v[:, keep]
 
 
-def _basis(gram: np.ndarray, dtype: np.dtype) -> tuple[_Basis, np.ndarray]:
-    """The `_Basis` of a float64 Gram matrix, and its float64 eigenvectors."""
-    s2, v = _psd_eigh(gram)
-    V = v.astype(dtype)
-    return _Basis(V=V, Vt=np.ascontiguousarray(V.T), s2=s2), v
+@dataclass(frozen=True)
+class _Whitened:
+    """All-sample SVD of the centered X, ``Xc = U diag(s) Vᵀ``, from the float64 eigendecomposition of ``XcᵀXc``.
+
+    Products that scale with the number of targets use U (orthonormal columns) in place of X: in float32, ``UᵀY`` is
+    off by about eps·‖Y‖ where ``XᵀY`` would be off by eps·‖X‖·‖Y‖, so the coefficients
+    ``V diag(s / (s² + α)) UᵀY`` keep the accuracy of an SVD solver rather than that of the normal equations.
+    """
+
+    U: np.ndarray  # (n, k) compute dtype
+    V: np.ndarray  # (p, k) compute dtype
+    V64: np.ndarray  # (p, k) float64
+    s: np.ndarray  # (k,) float64 singular values, > 0
+
+
+def _whiten(Xc: np.ndarray, dtype: np.dtype) -> _Whitened:
+    s2, v = _psd_eigh(Xc.T @ Xc)
+    s = np.sqrt(s2)
+    return _Whitened(U=((Xc @ v) / s).astype(dtype), V=v.astype(dtype), V64=v, s=s)
 
 
 def _center_X(X: np.ndarray, fit_intercept: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -173,23 +178,31 @@ def _target_chunks(
         yield cols, (chunk - mean).astype(dtype, copy=False), mean
 
 
-def _refit(basis: _Basis, XtY: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Ridge coefficients (p, t) for per-target ``alpha`` (t,) from ``XtY = XcᵀYc`` (p, t) in the all-sample basis."""
-    Z = basis.Vt @ XtY
-    Z *= (1.0 / (basis.s2[:, None] + alpha[None, :])).astype(Z.dtype)
-    return basis.V @ Z
+def _refit(w: _Whitened, UtY: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Ridge coefficients (p, t) for per-target ``alpha`` (t,) from ``UtY = UᵀYc`` (k, t).
+
+    Scaling column j by its own filter ``s / (s² + α_j)`` refits every target, whatever its α, in one product.
+    """
+    shrink = w.s[:, None] / (w.s[:, None] ** 2 + alpha[None, :])
+    return w.V @ (UtY * shrink.astype(UtY.dtype))
 
 
 @dataclass(frozen=True)
 class _Fold:
-    """What one CV fold needs for every target chunk: its train eigenbasis and its validation geometry."""
+    """What one CV fold needs for every target chunk, in the coordinates of `_Whitened` (U space).
+
+    The train fold's own eigenbasis ``X_trcᵀ X_trc = V_f diag(s2) V_fᵀ`` is reached from U-space cross-products by
+    ``project = V_fᵀ V diag(s)``, since ``Xᵀ Y = V diag(s) Uᵀ Y`` for any rows.
+    """
 
     val: np.ndarray  # validation row indices
-    X_val: np.ndarray  # (n_val, p) rows of the all-sample-centered X, compute dtype
-    x_mean_train: np.ndarray  # (p,) float64 train-fold means of the all-sample-centered X
-    x_sum_val: np.ndarray  # (p,) float64 column sums of X_val
-    basis: _Basis  # eigenbasis of the train-fold-centered train Gram matrix
-    factor: np.ndarray  # (r, k) F with FᵀF = Vᵀ Xvᵀ Xv V, Xv centered with the train-fold means
+    U_val: np.ndarray  # (n_val, k) rows of U, compute dtype
+    u_mean_train: np.ndarray  # (k,) float64 train-fold means of U (zeros without an intercept)
+    u_sum_val: np.ndarray  # (k,) float64 column sums of U_val
+    s2: np.ndarray  # (k_f,) float64 eigenvalues of the train-fold-centered train Gram matrix
+    project: np.ndarray  # (k_f, k) V_fᵀ V diag(s), compute dtype
+    factor: np.ndarray  # (r, k_f) F with FᵀF = G = V_fᵀ Xvᵀ Xv V_f, Xv centered with the train-fold means
+    project_val: np.ndarray  # (r, k) F⁻ᵀ V_fᵀ V diag(s): U-space validation cross-products → g = Wᵀ Yv
 
     @property
     def n_val(self) -> int:
@@ -197,7 +210,7 @@ class _Fold:
 
 
 def _prepare_folds(
-    Xc: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], dtype: np.dtype, fit_intercept: bool
+    Xc: np.ndarray, w: _Whitened, splits: list[tuple[np.ndarray, np.ndarray]], dtype: np.dtype, fit_intercept: bool
 ) -> list[_Fold]:
     """Per-fold eigenbases and validation factors from all-sample quantities (float64, O(n·p² + p³) per fold)."""
     n = Xc.shape[0]
@@ -211,43 +224,56 @@ def _prepare_folds(
         m = (x_sum - sv) / n_train if fit_intercept else np.zeros_like(sv)
         gv_raw = Xv.T @ Xv
         # Train Gram from all-sample minus validation cross-products, centered on the train-fold means.
-        basis, v = _basis(gram - gv_raw - n_train * np.outer(m, m), dtype)
-        # Validation Gram with the validation rows centered on the train-fold means.
+        s2, v = _psd_eigh(gram - gv_raw - n_train * np.outer(m, m))
+        # Validation Gram with the validation rows centered on the train-fold means, in the train eigenbasis.
         gv = gv_raw - np.outer(m, sv) - np.outer(sv, m) + n_val * np.outer(m, m)
         lam, q = _psd_eigh(v.T @ gv @ v)
-        factor = (q * np.sqrt(lam)).T.astype(dtype)
-        folds.append(_Fold(val, Xv.astype(dtype), m, sv, basis, np.ascontiguousarray(factor)))
+        project = (v.T @ w.V64) * w.s
+        folds.append(
+            _Fold(
+                val=val,
+                U_val=w.U[val],
+                u_mean_train=(w.V64.T @ m) / w.s,
+                u_sum_val=(w.V64.T @ sv) / w.s,
+                s2=s2,
+                project=project.astype(dtype),
+                factor=np.ascontiguousarray((q * np.sqrt(lam)).T.astype(dtype)),
+                project_val=((q / np.sqrt(lam)).T @ project).astype(dtype),
+            )
+        )
     return folds
 
 
 def _fold_neg_mse(
-    fold: _Fold, XtY: np.ndarray, XvtYv: np.ndarray, Yc: np.ndarray, alphas: np.ndarray, fit_intercept: bool
+    fold: _Fold, UtY: np.ndarray, UvtYv: np.ndarray, Yc: np.ndarray, alphas: np.ndarray, fit_intercept: bool
 ) -> np.ndarray:
     """(n_alphas, t) float64 negative validation MSE of one fold for every α, for one target chunk.
 
-    ``XtY`` (p, t) is the all-sample cross-product and ``XvtYv`` the validation one, both of the all-sample-centered
-    data; ``Yc`` is the centered chunk.
+    ``UtY`` (k, t) is the all-sample U-space cross-product ``UᵀYc`` and ``UvtYv`` the validation rows' one;
+    ``Yc`` is the all-sample-centered chunk.
     """
     n_val, n_train = fold.n_val, len(Yc) - fold.n_val
-    m = fold.x_mean_train
+    m = fold.u_mean_train
     Yv = Yc[fold.val]
     sy_v = Yv.sum(0, dtype=np.float64)
     my = (Yc.sum(0, dtype=np.float64) - sy_v) / n_train if fit_intercept else np.zeros_like(sy_v)
     dt = Yc.dtype
     # Train-fold-centered train cross-product and validation cross-product (train-fold means), as rank-one updates.
-    A = XtY - XvtYv
+    A = UtY - UvtYv
     A -= np.outer(n_train * m, my).astype(dt)
-    Bm = XvtYv - np.outer(m, sy_v - n_val * my).astype(dt)
-    Bm -= np.outer(fold.x_sum_val, my).astype(dt)
-    Z = fold.basis.Vt @ A  # (k, t)
-    B = fold.basis.Vt @ Bm
-    E = fold.basis.filters(alphas)  # (k, a) float64
-    cross = E.T @ (B * Z).astype(np.float64)  # (a, t): Σ_k e_k B_kj Z_kj
-    # ‖F diag(e) z_j‖² for every α at once: one batched product of (r, k) with (a, k, t).
-    M = np.matmul(fold.factor, E.T.astype(dt)[:, :, None] * Z[None])
-    quad = np.einsum("ark,ark->ak", M, M).astype(np.float64)
+    Bm = UvtYv - np.outer(m, sy_v - n_val * my).astype(dt)
+    Bm -= np.outer(fold.u_sum_val, my).astype(dt)
+    Z = fold.project @ A  # (k_f, t) = V_fᵀ X_trcᵀ Y_trc
+    g = fold.project_val @ Bm  # (r, t) = F⁻ᵀ V_fᵀ Xvᵀ Yv (validation rows centered with train-fold means)
+    E = 1.0 / (fold.s2[:, None] + alphas[None, :])  # (k_f, a) float64 spectral filters
+    # Residuals in the validation column space for every α at once, g − F diag(e) z_j: one (r, k) @ (k, a·t)
+    # product (one large GEMM runs ~2× faster than a stacked matmul over α on this machine; bench/ridge.py).
+    M = fold.factor @ (Z[:, None, :] * E.astype(dt)[:, :, None]).reshape(len(Z), -1)
+    M = np.subtract(g[:, None, :], M.reshape(len(g), len(alphas), -1), out=M.reshape(len(g), len(alphas), -1))
+    in_space = np.einsum("rat,rat->at", M, M).astype(np.float64)
     yy = np.einsum("ij,ij->j", Yv, Yv).astype(np.float64) - 2 * my * sy_v + n_val * my**2  # ‖Yv − my‖²
-    return -(yy - 2 * cross + quad) / n_val
+    outside = yy - np.einsum("ij,ij->j", g, g).astype(np.float64)  # the part no α can fit
+    return -(outside + in_space) / n_val
 
 
 def _splits(cv: Any, n: int, groups: np.ndarray | None, who: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -337,12 +363,11 @@ class Ridge(_RidgeBase):
             raise BrainattError(f"{who}: alpha must be positive and finite")
         alpha = np.broadcast_to(alpha, (Y.shape[1],))
         Xc, x_mean = _center_X(X, self.fit_intercept)
-        basis, _ = _basis(Xc.T @ Xc, dtype)
-        X32 = Xc.astype(dtype)
+        w = _whiten(Xc, dtype)
         coef = np.empty((X.shape[1], Y.shape[1]), dtype)
         intercept = np.empty(Y.shape[1])
         for cols, Yc, y_mean in _target_chunks(Y, self.n_targets_batch, dtype, self.fit_intercept, who):
-            coef[:, cols] = _refit(basis, X32.T @ Yc, alpha[cols])
+            coef[:, cols] = _refit(w, w.U.T @ Yc, alpha[cols])
             intercept[cols] = y_mean - x_mean @ coef[:, cols].astype(np.float64)
         self._finish(coef, intercept, ravel)
         return self
@@ -418,10 +443,9 @@ class RidgeCV(_RidgeBase):
                 raise BrainattError(f"{who}: groups must have shape ({n},), got {groups.shape}")
         splits = _splits(self.cv, n, groups, who)
         Xc, x_mean = _center_X(X, self.fit_intercept)
-        folds = _prepare_folds(Xc, splits, dtype, self.fit_intercept)
-        full, _ = _basis(Xc.T @ Xc, dtype)
-        X32 = Xc.astype(dtype)
-        # When the validation sets partition the samples, Xᵀ Y is the sum of the validation cross-products.
+        w = _whiten(Xc, dtype)
+        folds = _prepare_folds(Xc, w, splits, dtype, self.fit_intercept)
+        # When the validation sets partition the samples, Uᵀ Y is the sum of the validation cross-products.
         partition = sum(f.n_val for f in folds) == n and len(np.unique(np.concatenate([f.val for f in folds]))) == n
 
         t = Y.shape[1]
@@ -430,15 +454,15 @@ class RidgeCV(_RidgeBase):
         scores = np.empty((len(alphas), t))
         best = np.empty(t, dtype=np.intp)
         for cols, Yc, y_mean in _target_chunks(Y, self.n_targets_batch, dtype, self.fit_intercept, who):
-            val_cross = [f.X_val.T @ Yc[f.val] for f in folds]
-            XtY = sum(val_cross[1:], val_cross[0]) if partition else X32.T @ Yc
+            val_cross = [f.U_val.T @ Yc[f.val] for f in folds]
+            UtY = sum(val_cross[1:], val_cross[0]) if partition else w.U.T @ Yc
             s = sum(
-                _fold_neg_mse(f, XtY, xv, Yc, alphas, self.fit_intercept)
+                _fold_neg_mse(f, UtY, xv, Yc, alphas, self.fit_intercept)
                 for f, xv in zip(folds, val_cross, strict=True)
             )
             scores[:, cols] = s / len(folds)
             best[cols] = np.argmax(scores[:, cols] + _TIE_BREAK * np.log(alphas)[:, None], axis=0)
-            coef[:, cols] = _refit(full, XtY, alphas[best[cols]])
+            coef[:, cols] = _refit(w, UtY, alphas[best[cols]])
             intercept[cols] = y_mean - x_mean @ coef[:, cols].astype(np.float64)
 
         self.alpha_grid_ = alphas
