@@ -103,6 +103,15 @@ def test_non_partition_splitter_equals_brute_force() -> None:
     np.testing.assert_allclose(model.cv_scores_, ref, rtol=SCORE_RTOL["float32"])
 
 
+def test_fewer_validation_rows_than_features() -> None:
+    """Validation folds of 8 rows with 12 features: a rank-deficient validation Gram matrix."""
+    X, Y = make_problem(n=40)
+    model = RidgeCV(ALPHAS, cv=5, dtype="float64").fit(X, Y)
+    ref = brute_force_scores(X, Y, ALPHAS, list(KFold(5).split(X)))
+    np.testing.assert_array_equal(model.alphas_, brute_force_alphas(ref, ALPHAS))
+    np.testing.assert_allclose(model.cv_scores_, ref, rtol=SCORE_RTOL["float64"])
+
+
 def test_grouped_folds_keep_groups_together() -> None:
     X, Y = make_problem()
     groups = np.arange(len(X)) % 17  # interleaved, so KFold would cut every group
