@@ -72,9 +72,9 @@ def cmd_prep_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_kit(args: argparse.Namespace) -> None:
-    from brainatt.models.kit import KitConfig, train_kit
+    from brainatt.models.kit import PARTS, KitConfig, train_kit
 
-    train_kit(KitConfig.from_config(json.loads(args.spec)), args.out)
+    train_kit(KitConfig.from_config(json.loads(args.spec)), args.out, tuple(args.parts or PARTS))
 
 
 def cmd_kit_eval(args: argparse.Namespace) -> None:
@@ -132,9 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", required=True)
     p.add_argument("--figure", required=True)
 
-    p = add("kit", cmd_kit, "train the kit (tokenizer, CLIP, captioner) on nsd-synth scenes; resumes")
+    p = add("kit", cmd_kit, "train the kit (tokenizer, CLIP, captioner, diffusion) on nsd-synth scenes; resumes")
     p.add_argument("--spec", default="{}", help="JSON object of kit settings (config section 'kit')")
     p.add_argument("--out", required=True, help="kit folder (e.g. results/kit)")
+    p.add_argument(
+        "--parts", nargs="+", help="retrain only these parts (clip, captioner, diffusion) into an existing kit"
+    )
 
     p = add("kit-eval", cmd_kit_eval, "kit quality on held-out nsd-synth scenes → table and sample figure")
     p.add_argument("--kit", required=True, help="kit folder (with manifest.json)")

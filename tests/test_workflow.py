@@ -36,6 +36,7 @@ TINY_CONFIG = {
         "eval_images": 100,
         "clip": {"steps": 3, "batch": 16, "vision_layers": 1, "text_layers": 1},
         "captioner": {"steps": 3, "batch": 8, "layers": 1},
+        "diffusion": {"steps": 2, "batch": 4, "channels": [16, 32], "sample_steps": 2, "eval_per_category": 2},
     },
 }
 
@@ -73,7 +74,7 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path: Path) -> None:
         assert f["images"].shape[1:] == (32, 32, 3) and f["captions"].shape[0] == len(f["nsd_ids"])
     assert (tmp_path / "results/kit/manifest.json").exists()  # stale shipped kit → retrained
     kit = pd.read_csv(tmp_path / "results/tables/kit_quality.tsv", sep="\t")
-    assert {"clip_zero_shot_5way", "captioner_names_present"} <= set(kit.metric)
+    assert {"clip_zero_shot_5way", "captioner_names_present", "diffusion_zero_shot_5way"} <= set(kit.metric)
     table = pd.read_csv(tmp_path / "results/tables/prep.tsv", sep="\t")
     assert list(table.subject) == ["subj01", "subj02"]
     assert table.n_sessions.tolist() == [3, 2]  # subj02 completed 75% of the sessions

@@ -1,10 +1,12 @@
 """The kit: small models trained on nsd-synth scenes so the embedded default runs without downloads.
 
 ``brainatt kit --out DIR`` trains, in order, a byte-level BPE tokenizer on captions (``tokenizers``), a CLIP-style
-model (open_clip custom config; its image tower is the demo backbone), and a ClipCap-style prefix captioner
-(MLP + small GPT-2), each saved in its library's own format so it loads through the same loaders as real
-pretrained models. Training data are fresh scenes from the nsd-synth generator (unlimited, same distribution as
-the stimuli). ``manifest.json`` records the generator fingerprint, training configs and file hashes; a kit whose
+model (open_clip custom config; its image tower is the demo backbone), a ClipCap-style prefix captioner
+(MLP + small GPT-2) and a text-conditioned pixel-space diffusion model (diffusers UNet + DDIM scheduler,
+conditioned on the kit CLIP's text tower; see `brainatt.models.diffusion`), each saved in its library's own
+format so it loads through the same loaders as real pretrained models (``--parts`` retrains only some parts).
+Training data are fresh scenes from the nsd-synth generator (unlimited, same distribution as the stimuli).
+``manifest.json`` records the generator fingerprint, training configs and file hashes; a kit whose
 fingerprint no longer matches the configured world is stale and the DAG retrains it.
 
 Training checkpoints every ``checkpoint_every`` steps under ``DIR/checkpoints/`` and resumes from there.
@@ -61,23 +63,41 @@ class CaptionerConfig:
 
 
 @dataclass(frozen=True)
+class DiffusionConfig:
+    """Pixel-space denoiser: 64-px images folded ``space_to_depth``× into channels, conditioned on kit-CLIP text."""
+
+    channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    space_to_depth: int = 4
+    steps: int = 350
+    batch: int = 32
+    lr: float = 2e-3
+    cond_drop: float = 0.1  # classifier-free guidance: conditioning dropped to zeros this often
+    sample_steps: int = 20  # DDIM steps used by kit-eval
+    guidance_scale: float = 3.0
+    eval_per_category: int = 16  # images generated per category by kit-eval
+
+
+@dataclass(frozen=True)
 class KitConfig:
     image_size: int = 64
     seed: int = 0
     n_images: int = 16000
     vocab_size: int = 600
-    checkpoint_every: int = 200
+    checkpoint_every: int = 50
     eval_images: int = 600  # held-out scenes scored by kit-eval
     clip: ClipConfig = field(default_factory=ClipConfig)
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
     @classmethod
     def from_config(cls, cfg: dict) -> KitConfig:
         cfg = dict(cfg)
-        parts = {"clip": ClipConfig, "captioner": CaptionerConfig}
+        parts = {"clip": ClipConfig, "captioner": CaptionerConfig, "diffusion": DiffusionConfig}
         for key, kind in parts.items():
             if key in cfg:
-                cfg[key] = kind(**cfg[key])
+                part = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg[key].items()}
+                cfg[key] = kind(**part)
         return cls(**cfg)
 
 
@@ -103,7 +123,7 @@ def _schedule(step: int, total: int, warmup: int = 100) -> float:
 def _train(
     name: str,
     model: torch.nn.Module,
-    loss_fn: Callable[[np.ndarray], torch.Tensor],
+    loss_fn: Callable[[np.ndarray, np.random.Generator], torch.Tensor],
     n_items: int,
     steps: int,
     batch: int,
@@ -128,7 +148,7 @@ def _train(
             rng = np.random.default_rng([seed, step])  # batch depends only on the step: resume is exact
             for g in opt.param_groups:
                 g["lr"] = lr * _schedule(step, steps)
-            loss = loss_fn(rng.choice(n_items, size=batch, replace=False))
+            loss = loss_fn(rng.choice(n_items, size=batch, replace=False), rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -211,7 +231,7 @@ def train_clip(cfg: KitConfig, images: np.ndarray, captions: list[str], tokenize
     ).input_ids
     clip_loss = open_clip.loss.ClipLoss()
 
-    def loss_fn(idx: np.ndarray) -> torch.Tensor:
+    def loss_fn(idx: np.ndarray, _rng: np.random.Generator) -> torch.Tensor:
         x = (images_to_tensor(images[idx]) - mean) / std
         o = model(x, ids[idx])
         return clip_loss(o["image_features"], o["text_features"], o["logit_scale"])
@@ -267,7 +287,7 @@ def train_captioner(
     _train(
         "captioner",
         model,
-        lambda idx: model(emb[idx], [captions[i] for i in idx]),
+        lambda idx, _rng: model(emb[idx], [captions[i] for i in idx]),
         len(images),
         c.steps,
         c.batch,
@@ -279,15 +299,83 @@ def train_captioner(
     model.save_pretrained(out)
 
 
-def train_kit(cfg: KitConfig, out: str | Path) -> Path:
-    """Train every kit part into ``out`` (resuming from ``out/checkpoints``) and write the manifest last."""
+def train_diffusion(cfg: KitConfig, images: np.ndarray, captions: list[str], clip_dir: Path, out: Path) -> None:
+    """The denoiser on the (image, caption) pairs, conditioned on the frozen kit CLIP's pooled text embeddings."""
+    from diffusers import DDIMScheduler
+
+    from brainatt.models.diffusion import build_unet, denoising_loss, make_train_scheduler
+    from brainatt.models.loading import ModelSpec, load_clip
+
+    d = cfg.diffusion
+    p = d.space_to_depth
+    if cfg.image_size % (p * 2 ** (len(d.channels) - 1)):
+        raise BrainattError(
+            f"kit.diffusion: image_size {cfg.image_size} must be divisible by space_to_depth × 2^(levels-1): "
+            "change kit.diffusion.space_to_depth or channels"
+        )
+    clip = load_clip(ModelSpec(role="clip", name=str(clip_dir)))
+    with torch.no_grad():
+        texts = [captions[i : i + 512] for i in range(0, len(captions), 512)]
+        cond = torch.cat([clip.encode_text(t, normalize=True) for t in texts])
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(d.channels, d.layers_per_block, 3 * p * p, cfg.image_size // p, cond.shape[1])
+    scheduler = make_train_scheduler()
+
+    def loss_fn(idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        x0 = torch.nn.functional.pixel_unshuffle(images_to_tensor(images[idx]) * 2 - 1, p)
+        return denoising_loss(unet, scheduler, x0, cond[idx], generator, d.cond_drop)
+
+    ckpt = out.parent / "checkpoints"
+    _train("diffusion", unet, loss_fn, len(images), d.steps, d.batch, d.lr, ckpt, cfg.checkpoint_every, cfg.seed)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    DDIMScheduler.from_config(scheduler.config).save_pretrained(out / "scheduler")
+    info = {"conditioning": "clip", "embedding": "pooled", "space_to_depth": p, "image_size": cfg.image_size}
+    (out / "brainatt.json").write_text(json.dumps(info, indent=1))
+
+
+PARTS = ("clip", "captioner", "diffusion")  # the tokenizer is trained with the CLIP
+
+
+def _kept_config(cfg: KitConfig, out: Path, parts: tuple[str, ...]) -> dict:
+    """The manifest config when only ``parts`` are retrained: the other parts keep their recorded settings."""
+    manifest = check_manifest(out)
+    path = out / MANIFEST
+    if manifest["generator_fingerprint"] != kit_fingerprint(cfg.image_size):
+        raise BrainattError(f"{path}: the kit was trained on another world: retrain all parts (no --parts)")
+    config = dataclasses.asdict(cfg)
+    for key in ("image_size", "seed", "n_images", "vocab_size"):
+        if manifest["config"][key] != config[key]:
+            raise BrainattError(
+                f"{path}: kit.{key} = {config[key]} but the kit's other parts used {manifest['config'][key]}: "
+                "use the kit's value or retrain all parts"
+            )
+    return {**config, **{part: manifest["config"][part] for part in PARTS if part not in parts}}
+
+
+def train_kit(cfg: KitConfig, out: str | Path, parts: tuple[str, ...] = PARTS) -> Path:
+    """Train kit parts into ``out`` (resuming from ``out/checkpoints``) and write the manifest last.
+
+    Retraining only some ``parts`` keeps the others (e.g. the diffusion model on the shipped CLIP text tower).
+    """
     out = Path(out)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise BrainattError(f"unknown kit parts {unknown}: choose from {list(PARTS)}")
+    config = dataclasses.asdict(cfg) if set(parts) == set(PARTS) else _kept_config(cfg, out, parts)
     out.mkdir(parents=True, exist_ok=True)
     log.info("rendering %d training scenes", cfg.n_images)
     images, captions, _ = kit_scenes(cfg.n_images, cfg.seed, cfg.image_size)
-    tokenizer = train_tokenizer(captions, cfg.vocab_size, out / "tokenizer")
-    train_clip(cfg, images, captions, tokenizer, out / "clip")
-    train_captioner(cfg, images, captions, tokenizer, out / "clip", out / "captioner")
+    if "clip" in parts:
+        tokenizer = train_tokenizer(captions, cfg.vocab_size, out / "tokenizer")
+        train_clip(cfg, images, captions, tokenizer, out / "clip")
+    if "captioner" in parts:
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(out / "tokenizer")
+        train_captioner(cfg, images, captions, tokenizer, out / "clip", out / "captioner")
+    if "diffusion" in parts:
+        train_diffusion(cfg, images, captions, out / "clip", out / "diffusion")
     files = {
         str(p.relative_to(out)): file_hash(p)
         for p in sorted(out.rglob("*"))
@@ -298,7 +386,7 @@ def train_kit(cfg: KitConfig, out: str | Path) -> Path:
         {
             "brainatt_version": __version__,
             "generator_fingerprint": kit_fingerprint(cfg.image_size),
-            "config": dataclasses.asdict(cfg),
+            "config": config,
             "files": files,
         },
     )
