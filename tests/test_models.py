@@ -87,7 +87,7 @@ TINY = {
     "vocab_size": 300,
     "clip": {"steps": 1, "batch": 8, "vision_layers": 1, "text_layers": 1},
     "captioner": {"steps": 1, "batch": 4, "layers": 1},
-    "diffusion": {"steps": 1, "batch": 4, "channels": [16, 32]},
+    "diffusion": {"steps": 1, "batch": 4, "channels": [16, 32], "space_to_depth": 2},
 }
 
 

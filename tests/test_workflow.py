@@ -36,7 +36,14 @@ TINY_CONFIG = {
         "eval_images": 100,
         "clip": {"steps": 3, "batch": 16, "vision_layers": 1, "text_layers": 1},
         "captioner": {"steps": 3, "batch": 8, "layers": 1},
-        "diffusion": {"steps": 2, "batch": 4, "channels": [16, 32], "sample_steps": 2, "eval_per_category": 2},
+        "diffusion": {
+            "steps": 2,
+            "batch": 4,
+            "channels": [16, 32],
+            "space_to_depth": 2,
+            "sample_steps": 2,
+            "eval_per_category": 2,
+        },
     },
 }
 

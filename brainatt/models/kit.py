@@ -66,16 +66,16 @@ class CaptionerConfig:
 class DiffusionConfig:
     """Pixel-space denoiser: 64-px images folded ``space_to_depth``× into channels, conditioned on kit-CLIP text."""
 
-    channels: tuple[int, ...] = (32, 64, 64)
+    channels: tuple[int, ...] = (64, 96, 96)
     layers_per_block: int = 1
     space_to_depth: int = 4
-    steps: int = 350
+    steps: int = 400
     batch: int = 32
     lr: float = 2e-3
     cond_drop: float = 0.1  # classifier-free guidance: conditioning dropped to zeros this often
-    sample_steps: int = 20  # DDIM steps used by kit-eval
+    sample_steps: int = 15  # DDIM steps used by kit-eval
     guidance_scale: float = 3.0
-    eval_per_category: int = 16  # images generated per category by kit-eval
+    eval_per_category: int = 8  # images generated per category by kit-eval
 
 
 @dataclass(frozen=True)
@@ -312,6 +312,10 @@ def train_diffusion(cfg: KitConfig, images: np.ndarray, captions: list[str], cli
         raise BrainattError(
             f"kit.diffusion: image_size {cfg.image_size} must be divisible by space_to_depth × 2^(levels-1): "
             "change kit.diffusion.space_to_depth or channels"
+        )
+    if d.channels[0] < 3 * p * p:  # fewer features than output channels cannot represent the noise
+        raise BrainattError(
+            f"kit.diffusion: channels[0] = {d.channels[0]} < 3·space_to_depth² = {3 * p * p}: widen the first level"
         )
     clip = load_clip(ModelSpec(role="clip", name=str(clip_dir)))
     with torch.no_grad():
