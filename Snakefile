@@ -18,6 +18,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/synth.smk"
 include: "workflow/rules/prep.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/encoding.smk"
 
 
 rule all:

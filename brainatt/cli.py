@@ -85,6 +85,45 @@ def cmd_kit_eval(args: argparse.Namespace) -> None:
     print(write_kit_quality(args.kit, args.table, args.figure).to_string(index=False))
 
 
+def cmd_features(args: argparse.Namespace) -> None:
+    from brainatt.features.cache import extract_features
+    from brainatt.models.loading import ModelSpec
+
+    spec = ModelSpec.from_config("backbone", json.loads(args.model))
+    extract_features(args.stimuli, spec, args.out, batch=args.batch, kit_dir=args.kit)
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    from brainatt.encoding.fit import EncodingConfig, fit_encoder
+
+    cfg = EncodingConfig.from_config(json.loads(args.config))
+    fit_encoder(args.responses, args.features, args.encoder, cfg, args.out, truth=args.truth)
+
+
+def cmd_encoding_summary(args: argparse.Namespace) -> None:
+    from brainatt.encoding.summary import write_encoding_summary
+    from brainatt.viz.encoding import plot_accuracy_by_roi
+
+    table = write_encoding_summary(
+        args.encoding, args.subjects, args.encoders, args.table, args.routing, args.ground_truth
+    )
+    plot_accuracy_by_roi(table, args.figure)
+
+
+def cmd_encoding_figures(args: argparse.Namespace) -> None:
+    from brainatt.viz.encoding import make_encoding_figures
+
+    make_encoding_figures(
+        args.out_dir,
+        subject=args.subject,
+        encoding_dir=args.encoding,
+        responses_h5=args.responses,
+        stimuli_h5=args.stimuli,
+        encoders=args.encoders,
+        attention_encoder="transformer" if "transformer" in args.encoders else None,
+    )
+
+
 def cmd_synth_detector(args: argparse.Namespace) -> None:
     from brainatt.synth.detector import train_detector
 
@@ -143,6 +182,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kit", required=True, help="kit folder (with manifest.json)")
     p.add_argument("--table", required=True)
     p.add_argument("--figure", required=True)
+
+    p = add("features", cmd_features, "run a frozen backbone once over the stimuli → feature cache (tokens, pooled)")
+    p.add_argument("--stimuli", required=True, help="images.h5 from the stimuli rule")
+    p.add_argument("--model", required=True, help="JSON model spec (config models.backbone)")
+    p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--out", required=True, help="feature cache .h5 to write")
+
+    p = add("encode", cmd_encode, "fit one encoder for one subject → model, test predictions, voxel scores")
+    p.add_argument("--responses", required=True, help="the subject's responses.h5")
+    p.add_argument("--features", required=True, help="feature cache .h5")
+    p.add_argument("--encoder", required=True, help="transformer, factorized, ridge_pooled or ridge_tokens")
+    p.add_argument("--config", default="{}", help="JSON object of encoding settings (config section 'encoding')")
+    p.add_argument("--truth", help="nsd-synth ground_truth/{subject}.h5 (adds r against the noise-free truth)")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+
+    p = add("encoding-summary", cmd_encoding_summary, "per-ROI encoding table, routing vs truth, accuracy figure")
+    p.add_argument("--encoding", required=True, help="results/encoding folder ({subject}/{encoder}/...)")
+    p.add_argument("--subjects", nargs="+", required=True)
+    p.add_argument("--encoders", nargs="+", required=True)
+    p.add_argument("--ground-truth", help="nsd-synth ground_truth/ folder (needed for --routing)")
+    p.add_argument("--table", required=True, help="encoding.tsv to write")
+    p.add_argument("--routing", help="routing.tsv to write (transformer attention vs the true routing)")
+    p.add_argument("--figure", required=True, help="accuracy-by-ROI figure to write")
+
+    p = add("encoding-figures", cmd_encoding_figures, "one subject's brain maps, voxel scatter and attention maps")
+    p.add_argument("--encoding", required=True, help="results/encoding folder ({subject}/{encoder}/...)")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--encoders", nargs="+", required=True)
+    p.add_argument("--responses", required=True, help="the subject's responses.h5")
+    p.add_argument("--stimuli", required=True, help="images.h5 (for attention overlays)")
+    p.add_argument("--out-dir", required=True, help="figures folder; files land in OUT_DIR/SUBJECT/")
 
     p = add(
         "synth-detector",

@@ -45,3 +45,17 @@ def pearson_r(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     b = b - b.mean(0)
     denom = np.sqrt((a**2).sum(0) * (b**2).sum(0))
     return np.divide((a * b).sum(0), denom, out=np.zeros(a.shape[1]), where=denom > 0)
+
+
+def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Coefficient of determination per column, 1 − SS_res/SS_tot (constant columns give 0)."""
+    a = np.asarray(y_true, dtype=np.float64)
+    ss_res = ((a - np.asarray(y_pred, dtype=np.float64)) ** 2).sum(0)
+    ss_tot = ((a - a.mean(0)) ** 2).sum(0)
+    return np.divide(ss_tot - ss_res, ss_tot, out=np.zeros(a.shape[1]), where=ss_tot > 0)
+
+
+def nc_normalized(r: np.ndarray, nc: np.ndarray) -> np.ndarray:
+    """Noise-ceiling-normalised accuracy max(r, 0)² / (NC/100); NaN where the ceiling is 0."""
+    ceiling = np.asarray(nc, dtype=np.float64) / 100
+    return np.divide(np.maximum(r, 0) ** 2, ceiling, out=np.full(len(ceiling), np.nan), where=ceiling > 0)

@@ -1,5 +1,6 @@
 import json
 
+from brainatt.features.cache import backbone_slug
 from brainatt.models.kit import kit_is_current
 from brainatt.models.loading import SHIPPED_KIT
 
@@ -10,6 +11,7 @@ CONDA_ENV = "../../envs/brainatt.yaml"
 
 wildcard_constraints:
     subject="|".join(SUBJECTS),
+    encoder="|".join(config["encoding"]["encoders"]),
 
 
 KIT_SPEC = {"image_size": config.get("synth", {}).get("image_size", 64), **config.get("kit", {})}
@@ -19,6 +21,28 @@ KIT_DIR = str(SHIPPED_KIT) if kit_is_current(SHIPPED_KIT, KIT_SPEC["image_size"]
 
 def kit_input(wildcards=None):
     return [] if KIT_DIR == str(SHIPPED_KIT) else KIT_DIR
+
+
+def backbone_kit_input(wildcards=None):
+    """A kit backbone needs the (possibly retrained) kit; a pretrained one needs nothing from the DAG."""
+    return kit_input() if config["models"]["backbone"]["name"].startswith("kit:") else []
+
+
+BACKBONE = backbone_slug(config["models"]["backbone"]["name"])
+ENCODERS = config["encoding"]["encoders"]
+GROUND_TRUTH = f"{DATASET['root']}/ground_truth"
+# Routing is scored against nsd-synth's ground truth, for the transformer's attention.
+ROUTING = "synth" in config and "transformer" in ENCODERS
+SUBJECT_FIGURES = [
+    *(["encoding_brain_maps.png"] if DATASET["layout"] == "nsd" else []),
+    "encoding_voxel_scatter.png",
+    *(["encoding_attention.png"] if "transformer" in ENCODERS else []),
+]
+
+
+def truth_input(wildcards):
+    """nsd-synth's noise-free responses of the subject, for r against the truth."""
+    return f"{GROUND_TRUTH}/{wildcards.subject}.h5" if "synth" in config else []
 
 
 def dataset_input(wildcards=None):
@@ -32,4 +56,6 @@ def all_outputs():
         "results/stimuli/images.h5",
         "results/tables/prep.tsv",
         *(["results/tables/kit_quality.tsv"] if "synth" in config else []),
+        "results/tables/encoding.tsv",
+        *expand("results/figures/{subject}/{figure}", subject=SUBJECTS, figure=SUBJECT_FIGURES),
     ]

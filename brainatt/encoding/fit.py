@@ -1,0 +1,204 @@
+"""Fit one encoder for one subject from the feature cache and write its outputs (``results/encoding/{s}/{enc}/``).
+
+Encoders:
+- ``transformer``: attention-routing encoder, an ensemble over cached layers × seeds;
+- ``factorized``: space × feature readout, the same ensemble;
+- ``ridge_pooled``: `RidgeCV` on the backbone's pooled embedding;
+- ``ridge_tokens``: `RidgeCV` on the same patch tokens the transformer sees (flattened, PCA-reduced with the
+  PCA fit on training images only), per layer, each voxel keeping the layer with the best CV score.
+Outputs: ``model.safetensors`` + ``model.json``, ``test_pred.h5``, ``voxel_scores.tsv`` and, for the
+transformer, ``attention.h5`` (test-image attention maps per query, ensemble mean).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from sklearn.decomposition import PCA
+
+from brainatt.encoding.data import SubjectData, assign_queries, load_subject, validation_split
+from brainatt.encoding.evaluate import load_truth, voxel_scores
+from brainatt.encoding.factorized import FactorizedEncoder
+from brainatt.encoding.ridge import RidgeCV
+from brainatt.encoding.train import TrainConfig, ensemble_weights, fit, predict
+from brainatt.encoding.transformer import AttentionRoutingEncoder
+from brainatt.features.cache import FeatureCache, default_device
+from brainatt.io import BrainattError, atomic_h5, atomic_path
+
+log = logging.getLogger(__name__)
+ENCODERS = ("transformer", "factorized", "ridge_pooled", "ridge_tokens")
+
+
+@dataclass(frozen=True)
+class EncodingConfig:
+    """The ``encoding`` section of the config (defaults here; the schema documents each key)."""
+
+    layers: tuple[int, ...] | None = None  # None: every cached layer
+    seeds: tuple[int, ...] = (0,)
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    ensemble_temperature: float = 20.0
+    transformer: dict[str, Any] = field(default_factory=dict)
+    factorized: dict[str, Any] = field(default_factory=dict)
+    ridge: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> EncodingConfig:
+        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k != "encoders"}
+        return cls(**cfg)
+
+
+ARCH_KEYS = {"transformer": ("depth", "heads", "ff", "dropout", "queries"), "factorized": ("maps",)}
+
+
+def _split(section: dict[str, Any], encoder: str) -> tuple[dict[str, Any], TrainConfig]:
+    unknown = set(section) - set(ARCH_KEYS[encoder]) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise BrainattError(f"encoding.{encoder}: unknown settings {sorted(unknown)}")
+    arch = {k: v for k, v in section.items() if k in ARCH_KEYS[encoder]}
+    train = TrainConfig(**{k: v for k, v in section.items() if k not in ARCH_KEYS[encoder]})
+    return arch, train
+
+
+def build_model(encoder: str, arch: dict[str, Any], sub: SubjectData, grid: tuple[int, int], width: int):
+    """The torch encoder for a subject, with its queries (transformer) or spatial maps (factorized)."""
+    names, index = assign_queries(sub, arch.get("queries", arch.get("maps", "roi")))
+    if encoder == "transformer":
+        kw = {k: arch[k] for k in ("depth", "heads", "ff", "dropout") if k in arch}
+        return AttentionRoutingEncoder(index, len(names), grid, width, **kw), names
+    return FactorizedEncoder(index, len(names), grid, width), names
+
+
+def _fit_torch(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: EncodingConfig, device: str) -> dict:
+    arch, train = _split(getattr(cfg, encoder), encoder)
+    fit_idx, val_idx = validation_split(len(sub.train_ids), cfg.val_fraction, cfg.split_seed)
+    y = torch.from_numpy(sub.train_y)
+    members, preds, val_r, state, attention = [], [], [], {}, []
+    for layer in cfg.layers or cache.layers:
+        x = torch.from_numpy(cache.tokens(layer, sub.train_ids))
+        x_test = torch.from_numpy(cache.tokens(layer, sub.test_ids))
+        for seed in cfg.seeds:
+            torch.manual_seed(seed)
+            model, queries = build_model(encoder, arch, sub, cache.grid, x.shape[-1])
+            model = model.to(device)
+            run = dataclasses.replace(train, seed=seed)
+            model, r, history = fit(
+                model, x[fit_idx], y[fit_idx], x[val_idx], sub.train_y[val_idx], run, f"{encoder} L{layer} s{seed}"
+            )
+            m = len(members)
+            members.append({"layer": layer, "seed": seed, "val_r": float(r.mean()), "epochs": len(history)})
+            preds.append(predict(model, x_test))
+            val_r.append(r)
+            state.update({f"member{m}.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+            if encoder == "transformer":
+                attention.append(
+                    torch.cat(
+                        [model.attention(x_test[i : i + 256].to(device)).cpu() for i in range(0, len(x_test), 256)]
+                    )
+                )
+    weights = ensemble_weights(np.stack(val_r), cfg.ensemble_temperature)
+    pred = np.einsum("mv,mnv->nv", weights, np.stack(preds))
+    state["ensemble_weights"] = torch.from_numpy(weights.astype(np.float32))
+    info = {"arch": arch, "train": dataclasses.asdict(train), "members": members}
+    info["queries"] = queries
+    return {"pred": pred, "state": state, "info": info, "attention": attention}
+
+
+def _token_matrix(cache: FeatureCache, layer: int, ids: np.ndarray) -> np.ndarray:
+    return cache.tokens(layer, ids).reshape(len(ids), -1).astype(np.float32)
+
+
+def _fit_ridge(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: EncodingConfig) -> dict:
+    alphas = np.logspace(*cfg.ridge.get("alpha_range", (-1, 7)), cfg.ridge.get("n_alphas", 17))
+    folds = int(cfg.ridge.get("folds", 5))
+    n_pca = int(cfg.ridge.get("pca", 512))
+    if encoder == "ridge_pooled":
+        inputs = {"pooled": (cache.pooled(sub.train_ids), cache.pooled(sub.test_ids))}
+    else:
+        inputs = {}
+        for layer in cfg.layers or cache.layers:
+            x, x_test = _token_matrix(cache, layer, sub.train_ids), _token_matrix(cache, layer, sub.test_ids)
+            k = min(n_pca, len(x) - 1, x.shape[1])
+            pca = PCA(k, random_state=0).fit(x)  # training images only
+            inputs[f"layer{layer}"] = (pca.transform(x), pca.transform(x_test))
+    preds, scores, state, info = [], [], {}, {"alphas": alphas.tolist(), "folds": folds, "inputs": {}}
+    for name, (x, x_test) in inputs.items():
+        model = RidgeCV(alphas, cv=folds).fit(x, sub.train_y)
+        preds.append(model.predict(x_test))
+        scores.append(model.best_score_)
+        state[f"{name}.coef"] = torch.from_numpy(model.coef_.astype(np.float32))
+        state[f"{name}.intercept"] = torch.from_numpy(model.intercept_.astype(np.float32))
+        state[f"{name}.alpha"] = torch.from_numpy(model.alphas_.astype(np.float32))
+        info["inputs"][name] = {"n_features": x.shape[1], "alphas_at_edge": model.n_at_edge_}
+        log.info("%s %s: α at grid edges %s", encoder, name, model.n_at_edge_)
+    best = np.argmax(np.stack(scores), axis=0)  # per voxel, the input with the best CV score (training data only)
+    pred = np.take_along_axis(np.stack(preds), best[None, None, :], axis=0)[0]
+    state["chosen_input"] = torch.from_numpy(best.astype(np.int64))
+    info["chosen_input"] = {name: int((best == i).sum()) for i, name in enumerate(inputs)}
+    info["queries"] = []
+    return {"pred": pred, "state": state, "info": info, "attention": []}
+
+
+def fit_encoder(
+    responses: str | Path,
+    features: str | Path,
+    encoder: str,
+    cfg: EncodingConfig,
+    out: str | Path,
+    truth: str | Path | None = None,
+    device: str | None = None,
+) -> Path:
+    """Fit ``encoder`` for the subject of ``responses`` and write its folder ``out`` atomically."""
+    if encoder not in ENCODERS:
+        raise BrainattError(f"unknown encoder {encoder!r}: choose from {', '.join(ENCODERS)}")
+    t0 = time.time()
+    sub = load_subject(responses)
+    cache = FeatureCache(features)
+    if encoder in ("transformer", "factorized"):
+        result = _fit_torch(encoder, sub, cache, cfg, device or default_device())
+    else:
+        result = _fit_ridge(encoder, sub, cache, cfg)
+    pred = result["pred"].astype(np.float32)
+    scores = voxel_scores(sub, pred, load_truth(truth, sub) if truth else None)
+    config = {"encoder": encoder, "encoding": dataclasses.asdict(cfg), "features": cache.backbone}
+    with atomic_path(out, directory=True) as tmp:
+        save_file(result["state"], tmp / "model.safetensors")
+        meta = {
+            **config,
+            "grid": list(cache.grid),
+            "n_voxels": sub.n_voxels,
+            **result["info"],
+            "fit_seconds": round(time.time() - t0, 1),
+        }
+        (tmp / "model.json").write_text(json.dumps(meta, indent=1))
+        with atomic_h5(tmp / "test_pred.h5", config, "predicted responses (z units)") as f:
+            f["nsd_ids"] = sub.test_ids
+            f["pred"] = pred
+        if result["attention"]:
+            maps = torch.stack(result["attention"]).mean(0).permute(1, 0, 2, 3)  # (Q, N, gh, gw)
+            with atomic_h5(tmp / "attention.h5", config, "cross-attention weights (sum to 1 per map)") as f:
+                f["queries"] = np.array(result["info"]["queries"], dtype="S")
+                f["nsd_ids"] = sub.test_ids
+                f["maps"] = maps.numpy().astype(np.float16)
+                f.attrs["grid"] = list(cache.grid)
+        scores.to_csv(tmp / "voxel_scores.tsv", sep="\t", index=False, float_format="%.5g")
+    ok = scores["nc"] >= 5
+    log.info(
+        "%s %s: mean r %.3f, NC-normalised %.3f (%d voxels with NC ≥ 5%%) in %.0f s",
+        sub.path.parent.name,
+        encoder,
+        scores["r"].mean(),
+        scores.loc[ok, "nc_norm"].mean(),
+        ok.sum(),
+        time.time() - t0,
+    )
+    return Path(out)

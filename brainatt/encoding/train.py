@@ -1,0 +1,107 @@
+"""Training loop for the torch encoders (transformer, factorized) and per-voxel ensembling.
+
+Defaults follow the reference code (research digest §2.5): MSE, AdamW (weight decay 1e-4), gradient clipping at
+global norm 0.1, step schedule ×0.5 every ``lr_drop`` epochs, batch 32; plus early stopping on a fixed-seed
+validation split carved from the training images (never the test set), keeping the best epoch's weights. The
+learning rate is 2e-3 rather than the reference 5e-4: with ~1,000 training images (nsd-synth, 2 CPU cores) 5e-4
+had not converged after 15 epochs (subj01 val r 0.44 vs 0.48 at 2e-3).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainatt.encoding.metrics import pearson_r
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 24
+    batch: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    clip: float = 0.1
+    lr_drop: int = 8
+    patience: int = 5
+    seed: int = 0
+
+
+@torch.no_grad()
+def predict(model: nn.Module, tokens: torch.Tensor, batch: int = 256) -> np.ndarray:
+    """Predictions ``(N, V)`` in eval mode, batched."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model(tokens[i : i + batch].to(device)).cpu() for i in range(0, len(tokens), batch)]).numpy()
+
+
+def fit(
+    model: nn.Module,
+    x_fit: torch.Tensor,
+    y_fit: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: np.ndarray,
+    cfg: TrainConfig,
+    desc: str = "",
+) -> tuple[nn.Module, np.ndarray, list[dict]]:
+    """Train ``model`` on (x_fit, y_fit); return it at its best validation epoch, its per-voxel val r, history.
+
+    Inputs stay on the CPU (float16 tokens) and move to the model's device batch by batch.
+    """
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_drop, gamma=0.5)
+    best_r, best_state, best_val, stale, history = -np.inf, None, None, 0, []
+    for epoch in range(cfg.epochs):
+        t0 = time.time()
+        model.train()
+        order = torch.randperm(len(x_fit), generator=gen)
+        total = 0.0
+        for i in range(0, len(order), cfg.batch):
+            idx = order[i : i + cfg.batch]
+            loss = nn.functional.mse_loss(model(x_fit[idx].to(device)), y_fit[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            total += loss.item() * len(idx)
+        sched.step()
+        r_val = pearson_r(y_val, predict(model, x_val))
+        mean_r = float(r_val.mean())
+        history.append({"epoch": epoch, "train_mse": total / len(order), "val_r": mean_r, "s": time.time() - t0})
+        log.info(
+            "%s epoch %d: train mse %.4f, val r %.4f (%.1f s)",
+            desc,
+            epoch,
+            total / len(order),
+            mean_r,
+            time.time() - t0,
+        )
+        if mean_r > best_r:
+            best_r, best_state, best_val, stale = mean_r, copy.deepcopy(model.state_dict()), r_val, 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    return model.eval(), best_val, history
+
+
+def ensemble_weights(val_r: np.ndarray, temperature: float) -> np.ndarray:
+    """Per-voxel model weights ``softmax(τ·r_val)`` over models: ``(M, V)``, each column sums to 1.
+
+    The reference TBE weights summed to the number of runs (a scaled prediction); these are normalised.
+    """
+    z = temperature * np.asarray(val_r, dtype=np.float64)
+    z -= z.max(0, keepdims=True)
+    w = np.exp(z)
+    return w / w.sum(0, keepdims=True)

@@ -1,0 +1,125 @@
+"""Transformer attention-routing encoder (Adeli, Sun & Kriegeskorte): ROI queries cross-attend to patch tokens.
+
+Cached backbone tokens ``(B, gh, gw, C)`` are the memory; 2-D sine position codes are added to the keys only
+(never to the values), so a query can route by location, by content, or both. One learned query per ROI and
+hemisphere (plus a ``rest`` query) — or one per voxel — passes through pre-norm cross-attention decoder
+layer(s) without query self-attention (the reference model's default), and each voxel reads its query's output
+with its own linear weights (`VoxelReadout`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainatt.encoding.readout import VoxelReadout
+
+
+def sine_positions(grid: tuple[int, int], width: int, temperature: float = 1e4) -> torch.Tensor:
+    """DETR's normalised 2-D sine code: ``(gh·gw, width)``, concat(pos_y, pos_x), positions scaled to (0, 2π]."""
+    if width % 4:
+        raise ValueError(f"token width {width} must be a multiple of 4 for 2-D sine positions")
+    gh, gw = grid
+    npf = width // 2
+    y = torch.arange(1, gh + 1, dtype=torch.float32)[:, None].expand(gh, gw) / gh * 2 * math.pi
+    x = torch.arange(1, gw + 1, dtype=torch.float32)[None, :].expand(gh, gw) / gw * 2 * math.pi
+    dim_t = temperature ** (2 * (torch.arange(npf) // 2) / npf)
+
+    def code(p: torch.Tensor) -> torch.Tensor:
+        p = p.reshape(-1, 1) / dim_t
+        return torch.stack([p[:, 0::2].sin(), p[:, 1::2].cos()], dim=2).flatten(1)
+
+    return torch.cat([code(y), code(x)], dim=1)
+
+
+class CrossAttentionLayer(nn.Module):
+    """Pre-norm decoder layer without self-attention: t += Attn(LN(t) + E_q, M + P, M); t += FFN(LN(t))."""
+
+    def __init__(self, width: int, heads: int, ff: int, dropout: float) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.k = nn.Linear(width, width)
+        self.v = nn.Linear(width, width)
+        self.out = nn.Linear(width, width)
+        self.norm_q = nn.LayerNorm(width)
+        self.norm_ff = nn.LayerNorm(width)
+        self.ff = nn.Sequential(nn.Linear(width, ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff, width))
+        self.dropout = nn.Dropout(dropout)
+        self.attn_dropout = dropout
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, H, L, d)
+
+    def forward(
+        self, t: torch.Tensor, query_embed: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q = self._split(self.q(self.norm_q(t) + query_embed))
+        k = self._split(self.k(memory + pos))
+        v = self._split(self.v(memory))
+        if need_weights:  # explicit softmax only when maps are asked for; training takes the fused SDPA path
+            w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+            a, weights = w @ v, w.mean(1)
+        else:
+            p = self.attn_dropout if self.training else 0.0
+            a, weights = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=p), None
+        t = t + self.dropout(self.out(a.transpose(1, 2).flatten(2)))
+        t = t + self.dropout(self.ff(self.norm_ff(t)))
+        return t, weights
+
+
+class AttentionRoutingEncoder(nn.Module):
+    """Tokens ``(B, gh, gw, C)`` → responses ``(B, V)``.
+
+    Parameters
+    ----------
+    voxel_query : (V,) index of each voxel's query (ROI × hemisphere), or ``arange(V)`` for per-voxel queries.
+    n_queries : number of queries.
+    grid, width : token grid and width (the backbone's; no input projection, as in the reference model).
+    depth, heads, ff, dropout : decoder size.
+    """
+
+    def __init__(
+        self,
+        voxel_query: np.ndarray,
+        n_queries: int,
+        grid: tuple[int, int],
+        width: int,
+        depth: int = 1,
+        heads: int = 8,
+        ff: int = 512,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.grid = tuple(grid)
+        self.query_embed = nn.Parameter(torch.randn(n_queries, width))
+        self.register_buffer("pos", sine_positions(self.grid, width), persistent=False)
+        self.layers = nn.ModuleList(CrossAttentionLayer(width, heads, ff, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.readout = VoxelReadout(voxel_query, width)
+        for layer in self.layers:
+            for p in layer.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+
+    def decode(self, tokens: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        memory = tokens.flatten(1, 2).float()
+        t = torch.zeros(memory.shape[0], *self.query_embed.shape, device=memory.device)
+        weights = None
+        for layer in self.layers:
+            t, weights = layer(t, self.query_embed, memory, self.pos, need_weights)
+        return self.norm(t), weights
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.decode(tokens)[0])
+
+    @torch.no_grad()
+    def attention(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Last layer's cross-attention per query, averaged over heads: ``(B, Q, gh, gw)``, sums to 1 per map."""
+        _, weights = self.decode(tokens, need_weights=True)
+        return weights.unflatten(-1, self.grid)

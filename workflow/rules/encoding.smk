@@ -1,0 +1,113 @@
+# Encoding: backbone feature cache, one encoder per subject × encoder, then the tables and figures.
+
+
+rule features:
+    input:
+        stimuli="results/stimuli/images.h5",
+        kit=backbone_kit_input,
+    output:
+        f"results/features/{BACKBONE}.h5",
+    params:
+        model=json.dumps(config["models"]["backbone"], sort_keys=True),
+        kit=KIT_DIR,
+    log:
+        f"logs/features/{BACKBONE}.log",
+    benchmark:
+        f"benchmarks/features/{BACKBONE}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=0,  # a cluster profile sets gpu=1 (set-resources); the code uses a GPU when it sees one
+    conda:
+        CONDA_ENV
+    shell:
+        "brainatt features --stimuli {input.stimuli} --model {params.model:q} --kit {params.kit:q} "
+        "--out {output} > {log} 2>&1"
+
+
+rule encode:
+    input:
+        responses="results/prep/{subject}/responses.h5",
+        features=f"results/features/{BACKBONE}.h5",
+        truth=truth_input,
+    output:
+        directory("results/encoding/{subject}/{encoder}"),
+    params:
+        config=json.dumps(config["encoding"], sort_keys=True),
+        truth=lambda wc, input: f"--truth {input.truth}" if input.truth else "",
+    log:
+        "logs/encode/{subject}/{encoder}.log",
+    benchmark:
+        "benchmarks/encode/{subject}/{encoder}.tsv"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=240,
+        gpu=0,
+    conda:
+        CONDA_ENV
+    shell:
+        "OMP_NUM_THREADS={threads} brainatt encode --responses {input.responses} --features {input.features} "
+        "--encoder {wildcards.encoder} --config {params.config:q} {params.truth} --out {output} > {log} 2>&1"
+
+
+rule encoding_summary:
+    input:
+        expand("results/encoding/{subject}/{encoder}", subject=SUBJECTS, encoder=ENCODERS),
+        truth=lambda wc: GROUND_TRUTH if "synth" in config else [],
+    output:
+        table="results/tables/encoding.tsv",
+        routing=["results/tables/routing.tsv"] if ROUTING else [],
+        figure=report(
+            "results/figures/encoding_accuracy_by_roi.png",
+            caption="../report/encoding_accuracy.rst",
+            category="Encoding",
+        ),
+    params:
+        subjects=SUBJECTS,
+        encoders=ENCODERS,
+        routing=lambda wc, output: f"--routing {output.routing} --ground-truth {GROUND_TRUTH}" if ROUTING else "",
+    log:
+        "logs/encoding_summary.log",
+    benchmark:
+        "benchmarks/encoding_summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        CONDA_ENV
+    shell:
+        "brainatt encoding-summary --encoding results/encoding --subjects {params.subjects} "
+        "--encoders {params.encoders} {params.routing} --table {output.table} --figure {output.figure} > {log} 2>&1"
+
+
+rule encoding_figures:
+    input:
+        expand("results/encoding/{{subject}}/{encoder}", encoder=ENCODERS),
+        responses="results/prep/{subject}/responses.h5",
+        stimuli="results/stimuli/images.h5",
+    output:
+        report(
+            expand("results/figures/{{subject}}/{figure}", figure=SUBJECT_FIGURES),
+            caption="../report/encoding_subject.rst",
+            category="Encoding",
+            subcategory="{subject}",
+        ),
+    params:
+        encoders=ENCODERS,
+    log:
+        "logs/encoding_figures/{subject}.log",
+    benchmark:
+        "benchmarks/encoding_figures/{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        CONDA_ENV
+    shell:
+        "brainatt encoding-figures --encoding results/encoding --subject {wildcards.subject} "
+        "--encoders {params.encoders} --responses {input.responses} --stimuli {input.stimuli} "
+        "--out-dir results/figures > {log} 2>&1"
