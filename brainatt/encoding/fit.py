@@ -100,16 +100,12 @@ def _fit_torch(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: Encodin
             val_r.append(r)
             state.update({f"member{m}.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
             if encoder == "transformer":
-                attention.append(
-                    torch.cat(
-                        [model.attention(x_test[i : i + 256].to(device)).cpu() for i in range(0, len(x_test), 256)]
-                    )
-                )
+                maps = [model.attention(x_test[i : i + 256].to(device)).cpu() for i in range(0, len(x_test), 256)]
+                attention.append(torch.cat(maps))
     weights = ensemble_weights(np.stack(val_r), cfg.ensemble_temperature)
     pred = np.einsum("mv,mnv->nv", weights, np.stack(preds))
     state["ensemble_weights"] = torch.from_numpy(weights.astype(np.float32))
-    info = {"arch": arch, "train": dataclasses.asdict(train), "members": members}
-    info["queries"] = queries
+    info = {"arch": arch, "train": dataclasses.asdict(train), "members": members, "queries": queries}
     return {"pred": pred, "state": state, "info": info, "attention": attention}
 
 
@@ -144,7 +140,6 @@ def _fit_ridge(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: Encodin
     pred = np.take_along_axis(np.stack(preds), best[None, None, :], axis=0)[0]
     state["chosen_input"] = torch.from_numpy(best.astype(np.int64))
     info["chosen_input"] = {name: int((best == i).sum()) for i, name in enumerate(inputs)}
-    info["queries"] = []
     return {"pred": pred, "state": state, "info": info, "attention": []}
 
 

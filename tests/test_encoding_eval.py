@@ -1,0 +1,153 @@
+"""Scoring, routing-vs-truth, queries and the feature cache, on small hand-made files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainatt.encoding.data import SubjectData, assign_queries, validation_split
+from brainatt.encoding.evaluate import load_truth, summarize, voxel_scores
+from brainatt.encoding.routing import object_mask, routing_scores
+from brainatt.features.cache import FeatureCache, backbone_slug
+from brainatt.io import BrainattError
+
+GRID = (4, 4)
+
+
+def _subject(n_vox: int = 6, n_test: int = 50, seed: int = 0) -> SubjectData:
+    rng = np.random.default_rng(seed)
+    return SubjectData(
+        path=Path("responses.h5"),
+        train_ids=np.arange(100, 130),
+        train_y=rng.normal(size=(30, n_vox)).astype(np.float32),
+        test_ids=np.arange(n_test),
+        test_y=rng.normal(size=(n_test, n_vox)).astype(np.float32),
+        test_reps=np.full(n_test, 3),
+        nc=np.array([50.0, 50.0, 2.0, 50.0, 50.0, 50.0])[:n_vox],
+        roi=np.array(["FFA-1", "FFA-1", "FFA-1", "V1v", "V1v", "rest"])[:n_vox],
+        hemi=np.array(["lh", "lh", "lh", "lh", "lh", "rh"])[:n_vox],
+        family=np.array(["category"] * 3 + ["retinotopic"] * 2 + ["other"])[:n_vox],
+        ijk=np.arange(n_vox * 3).reshape(n_vox, 3),
+    )
+
+
+def test_queries_per_roi_per_voxel_and_mixed() -> None:
+    sub = _subject()
+    names, index = assign_queries(sub, "roi")
+    assert names == ["lh.FFA-1", "lh.V1v", "rh.rest"]
+    assert index.tolist() == [0, 0, 0, 1, 1, 2]
+    names, index = assign_queries(sub, "retinotopic-voxel")
+    assert names == ["lh.FFA-1", "lh.V1v#3", "lh.V1v#4", "rh.rest"]
+    assert index.tolist() == [0, 0, 0, 1, 2, 3]
+    names, index = assign_queries(sub, "voxel")
+    assert len(names) == 6 and len(set(index)) == 6
+    with pytest.raises(BrainattError, match="query mode"):
+        assign_queries(sub, "hemisphere")
+
+
+def test_validation_split_is_fixed_disjoint_and_complete() -> None:
+    fit_a, val_a = validation_split(100, 0.1, seed=3)
+    fit_b, val_b = validation_split(100, 0.1, seed=3)
+    assert (fit_a == fit_b).all() and (val_a == val_b).all()
+    assert len(val_a) == 10 and not set(fit_a) & set(val_a) and len(fit_a) + len(val_a) == 100
+    assert not (validation_split(100, 0.1, seed=4)[1] == val_a).all()
+
+
+def test_scores_and_nc_filter() -> None:
+    sub = _subject()
+    pred = sub.test_y.copy()
+    pred[:, 1] = -pred[:, 1]  # anti-correlated: counts as 0 after max(r, 0)
+    scores = voxel_scores(sub, pred, truth=sub.test_y)
+    np.testing.assert_allclose(scores["r"], [1, -1, 1, 1, 1, 1], atol=1e-6)
+    np.testing.assert_allclose(scores["nc_norm"], [2, 0, 50, 2, 2, 2], atol=1e-6)  # r² / (NC/100)
+    table = summarize(scores, "subj01", "ridge")
+    ffa = table[table.roi == "FFA-1"].iloc[0]
+    assert ffa.n_voxels == 3
+    assert ffa.nc_norm == pytest.approx(1.0)  # the NC = 2% voxel is left out
+    assert ffa.nc_norm_all == pytest.approx(52 / 3)
+    assert {"family:category", "family:retinotopic", "family:other", "all"} <= set(table.roi)
+
+
+def test_truth_is_aligned_by_voxel_coordinates(tmp_path: Path) -> None:
+    sub = _subject()
+    truth = np.random.default_rng(1).normal(size=(60, 6)).astype(np.float32)
+    order = np.array([5, 3, 0, 1, 4, 2])  # the truth file lists voxels in another order
+    with h5py.File(tmp_path / "subj01.h5", "w") as f:
+        f["ijk"] = sub.ijk[order]
+        f["responses"] = truth[:, order]
+    np.testing.assert_array_equal(load_truth(tmp_path / "subj01.h5", sub), truth[sub.test_ids])
+    sub.ijk = sub.ijk + 100
+    with pytest.raises(BrainattError, match="missing from the ground truth"):
+        load_truth(tmp_path / "subj01.h5", sub)
+
+
+def test_object_mask_covers_the_box() -> None:
+    mask = object_mask([{"category": "face", "cx": 0.25, "cy": 0.75, "size": 0.5}], "face", GRID)
+    assert mask.sum() == 4 and mask[2:, :2].all()
+    small = object_mask([{"category": "face", "cx": 0.9, "cy": 0.1, "size": 0.05}], "face", GRID)
+    assert small.sum() == 1 and small[0, 3]  # at least the patch holding the centre
+    assert not object_mask([{"category": "body", "cx": 0.5, "cy": 0.5, "size": 0.5}], "face", GRID).any()
+
+
+def _routing_world(tmp_path: Path, face_maps: np.ndarray, v1_maps: np.ndarray) -> pd.DataFrame:
+    gt = tmp_path / "ground_truth"
+    gt.mkdir()
+    scenes = [
+        {"objects": [{"category": "face", "cx": 0.125 + 0.25 * (i % 4), "cy": 0.375, "size": 0.2}]} for i in range(8)
+    ]
+    (gt / "scenes.json").write_text(json.dumps(scenes))
+    with h5py.File(gt / "subj01.h5", "w") as f:
+        f["kind"] = np.array([b"face", b"face:mixed", b"V1v", b"V1v"])
+        f["params/prf_x"] = np.array([0.5, 0.5, 0.6, 0.9])
+        f["params/prf_y"] = np.array([0.5, 0.5, 0.1, 0.1])
+    with h5py.File(tmp_path / "attention.h5", "w") as f:
+        f["queries"] = np.array([b"lh.FFA-1", b"lh.V1v"])
+        f["nsd_ids"] = np.arange(8)
+        f["maps"] = np.stack([face_maps, v1_maps]).astype(np.float16)
+        f.attrs["grid"] = list(GRID)
+    scores = pd.DataFrame({"roi": ["FFA-1", "FFA-1", "V1v", "V1v"], "hemi": ["lh"] * 4})
+    return routing_scores(tmp_path / "attention.h5", scores, gt, "subj01").set_index("query")
+
+
+def test_routing_scores_recover_planted_routing(tmp_path: Path) -> None:
+    face = np.zeros((8, *GRID))
+    face[np.arange(8), 1, np.arange(8) % 4] = 1.0  # all attention on the face's patch
+    v1 = np.zeros((8, *GRID))
+    v1[:, 0, 3] = 1.0  # the patch centred at (0.875, 0.125): the V1v pRFs' mean centre is (0.75, 0.1)
+    table = _routing_world(tmp_path, face, v1)
+    assert table.loc["lh.FFA-1", "truth"] == "face"
+    assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(16.0, rel=1e-3)  # 1 / (1 of 16 patches)
+    assert table.loc["lh.V1v", "distance"] == pytest.approx(np.hypot(0.125, 0.025), abs=1e-3)
+    assert table.loc["lh.V1v", "distance"] < table.loc["lh.V1v", "distance_uniform"]
+
+
+def test_routing_scores_give_no_credit_to_uniform_attention(tmp_path: Path) -> None:
+    uniform = np.full((8, *GRID), 1 / 16)
+    table = _routing_world(tmp_path, uniform, uniform)
+    assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(1.0, rel=1e-3)
+    assert table.loc["lh.V1v", "distance"] == pytest.approx(table.loc["lh.V1v", "distance_uniform"], abs=1e-3)
+
+
+def test_feature_cache_returns_rows_in_the_order_asked(tmp_path: Path) -> None:
+    path = tmp_path / "feats.h5"
+    ids = np.array([7, 3, 11, 5])
+    with h5py.File(path, "w") as f:
+        f["nsd_ids"] = ids
+        f["pooled"] = np.arange(4, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+        f["tokens/-1"] = np.arange(4, dtype=np.float16)[:, None, None, None] * np.ones((1, 2, 2, 3), np.float16)
+        f.attrs.update(layers=[-1], grid=[2, 2], backbone="kit:clip")
+    cache = FeatureCache(path)
+    assert cache.grid == (2, 2) and cache.layers == [-1]
+    np.testing.assert_array_equal(cache.pooled(np.array([11, 7, 11]))[:, 0], [2, 0, 2])
+    np.testing.assert_array_equal(cache.tokens(-1, np.array([5, 3]))[:, 0, 0, 0], [3, 1])
+    with pytest.raises(BrainattError, match="not in the feature cache"):
+        cache.pooled(np.array([4]))
+    with pytest.raises(BrainattError, match="layer -2 not cached"):
+        cache.tokens(-2, ids)
+    assert backbone_slug("facebook/dinov2-base") == "facebook-dinov2-base"
+    assert backbone_slug("kit:clip") == "kit-clip"
