@@ -57,7 +57,7 @@ class EncodingConfig:
         return cls(**cfg)
 
 
-ARCH_KEYS = {"transformer": ("depth", "heads", "ff", "dropout", "queries"), "factorized": ("maps",)}
+ARCH_KEYS = {"transformer": ("width", "depth", "heads", "ff", "dropout", "queries"), "factorized": ("maps",)}
 
 
 def _split(section: dict[str, Any], encoder: str) -> tuple[dict[str, Any], TrainConfig]:
@@ -73,7 +73,7 @@ def build_model(encoder: str, arch: dict[str, Any], sub: SubjectData, grid: tupl
     """The torch encoder for a subject, with its queries (transformer) or spatial maps (factorized)."""
     names, index = assign_queries(sub, arch.get("queries", arch.get("maps", "roi")))
     if encoder == "transformer":
-        kw = {k: arch[k] for k in ("depth", "heads", "ff", "dropout") if k in arch}
+        kw = {k: arch[k] for k in ("width", "depth", "heads", "ff", "dropout") if k in arch}
         return AttentionRoutingEncoder(index, len(names), grid, width, **kw), names
     return FactorizedEncoder(index, len(names), grid, width), names
 

@@ -80,7 +80,9 @@ class AttentionRoutingEncoder(nn.Module):
     ----------
     voxel_query : (V,) index of each voxel's query (ROI × hemisphere), or ``arange(V)`` for per-voxel queries.
     n_queries : number of queries.
-    grid, width : token grid and width (the backbone's; no input projection, as in the reference model).
+    grid, token_width : token grid and the backbone's token width.
+    width : decoder width; the reference model has none of its own (width = token width, no input projection),
+        which is the default. Another width adds a linear projection of the tokens.
     depth, heads, ff, dropout : decoder size.
     """
 
@@ -89,14 +91,17 @@ class AttentionRoutingEncoder(nn.Module):
         voxel_query: np.ndarray,
         n_queries: int,
         grid: tuple[int, int],
-        width: int,
+        token_width: int,
+        width: int | None = None,
         depth: int = 1,
         heads: int = 8,
         ff: int = 512,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
+        width = width or token_width
         self.grid = tuple(grid)
+        self.project = nn.Identity() if width == token_width else nn.Linear(token_width, width)
         self.query_embed = nn.Parameter(torch.randn(n_queries, width))
         self.register_buffer("pos", sine_positions(self.grid, width), persistent=False)
         self.layers = nn.ModuleList(CrossAttentionLayer(width, heads, ff, dropout) for _ in range(depth))
@@ -108,7 +113,7 @@ class AttentionRoutingEncoder(nn.Module):
                     nn.init.xavier_uniform_(p)
 
     def decode(self, tokens: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        memory = tokens.flatten(1, 2).float()
+        memory = self.project(tokens.flatten(1, 2).float())
         t = torch.zeros(memory.shape[0], *self.query_embed.shape, device=memory.device)
         weights = None
         for layer in self.layers:
