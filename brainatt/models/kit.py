@@ -69,7 +69,7 @@ class DiffusionConfig:
     channels: tuple[int, ...] = (64, 96, 96)
     layers_per_block: int = 1
     space_to_depth: int = 4
-    steps: int = 400
+    steps: int = 250
     batch: int = 32
     lr: float = 2e-3
     cond_drop: float = 0.1  # classifier-free guidance: conditioning dropped to zeros this often
