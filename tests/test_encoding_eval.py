@@ -12,9 +12,11 @@ import pytest
 
 from brainatt.encoding.data import SubjectData, assign_queries, validation_split
 from brainatt.encoding.evaluate import load_truth, summarize, voxel_scores
-from brainatt.encoding.routing import object_mask, routing_scores
+from brainatt.encoding.routing import object_masks, routing_scores
 from brainatt.features.cache import FeatureCache, backbone_slug
 from brainatt.io import BrainattError
+from brainatt.synth.scenes import CATEGORIES
+from brainatt.synth.world import WorldSpec, world_scenes
 
 GRID = (4, 4)
 
@@ -86,51 +88,71 @@ def test_truth_is_aligned_by_voxel_coordinates(tmp_path: Path) -> None:
         load_truth(tmp_path / "subj01.h5", sub)
 
 
-def test_object_mask_covers_the_box() -> None:
-    mask = object_mask([{"category": "face", "cx": 0.25, "cy": 0.75, "size": 0.5}], "face", GRID)
-    assert mask.sum() == 4 and mask[2:, :2].all()
-    small = object_mask([{"category": "face", "cx": 0.9, "cy": 0.1, "size": 0.05}], "face", GRID)
-    assert small.sum() == 1 and small[0, 3]  # at least the patch holding the centre
-    assert not object_mask([{"category": "body", "cx": 0.5, "cy": 0.5, "size": 0.5}], "face", GRID).any()
+SPEC = WorldSpec(n_subjects=1, n_train=30, n_shared=10, image_size=32, trials_per_session=40)
 
 
-def _routing_world(tmp_path: Path, face_maps: np.ndarray, v1_maps: np.ndarray) -> pd.DataFrame:
+def _routing_world(tmp_path: Path, face_maps, v1_maps) -> tuple[pd.DataFrame, np.ndarray]:
+    """A ground-truth folder for SPEC's scenes, attention maps from the given functions of the face masks."""
     gt = tmp_path / "ground_truth"
-    gt.mkdir()
-    scenes = [
-        {"objects": [{"category": "face", "cx": 0.125 + 0.25 * (i % 4), "cy": 0.375, "size": 0.2}]} for i in range(8)
-    ]
-    (gt / "scenes.json").write_text(json.dumps(scenes))
+    gt.mkdir(exist_ok=True)
+    scenes, _ = world_scenes(SPEC)
+    listed = [{"objects": [{"category": o.category, "cx": o.cx} for o in sc.objects]} for sc in scenes]
+    (gt / "scenes.json").write_text(json.dumps(listed))
+    (gt / "world.json").write_text(json.dumps({"spec": SPEC.as_dict()}))
     with h5py.File(gt / "subj01.h5", "w") as f:
         f["kind"] = np.array([b"face", b"face:mixed", b"V1v", b"V1v"])
         f["params/prf_x"] = np.array([0.5, 0.5, 0.6, 0.9])
         f["params/prf_y"] = np.array([0.5, 0.5, 0.1, 0.1])
+    ids = np.arange(SPEC.n_images)
+    faces = object_masks(gt, ids, GRID)[:, CATEGORIES.index("face")]
     with h5py.File(tmp_path / "attention.h5", "w") as f:
         f["queries"] = np.array([b"lh.FFA-1", b"lh.V1v"])
-        f["nsd_ids"] = np.arange(8)
-        f["maps"] = np.stack([face_maps, v1_maps]).astype(np.float16)
+        f["nsd_ids"] = ids
+        f["maps"] = np.stack([face_maps(faces), v1_maps(faces)]).astype(np.float16)
         f.attrs["grid"] = list(GRID)
     scores = pd.DataFrame({"roi": ["FFA-1", "FFA-1", "V1v", "V1v"], "hemi": ["lh"] * 4})
-    return routing_scores(tmp_path / "attention.h5", scores, gt, "subj01").set_index("query")
+    return routing_scores(tmp_path / "attention.h5", scores, gt, "subj01").set_index("query"), faces
+
+
+def test_object_masks_are_the_rendered_objects(tmp_path: Path) -> None:
+    _, faces = _routing_world(tmp_path, lambda m: np.full(m.shape, 1 / 16), lambda m: np.full(m.shape, 1 / 16))
+    scenes, _ = world_scenes(SPEC)
+    has_face = np.array(["face" in sc.categories() for sc in scenes])
+    assert has_face.any() and (faces.any((1, 2)) == has_face).all()
 
 
 def test_routing_scores_recover_planted_routing(tmp_path: Path) -> None:
-    face = np.zeros((8, *GRID))
-    face[np.arange(8), 1, np.arange(8) % 4] = 1.0  # all attention on the face's patch
-    v1 = np.zeros((8, *GRID))
-    v1[:, 0, 3] = 1.0  # the patch centred at (0.875, 0.125): the V1v pRFs' mean centre is (0.75, 0.1)
-    table = _routing_world(tmp_path, face, v1)
+    def on_faces(m: np.ndarray) -> np.ndarray:  # all attention on the face patches, uniform where there is none
+        m = m.astype(float)
+        m[~m.any((1, 2))] = 1
+        return m / m.sum((1, 2), keepdims=True)
+
+    def corner(m: np.ndarray) -> np.ndarray:  # the patch centred at (0.875, 0.125); the pRFs' mean is (0.75, 0.1)
+        out = np.zeros(m.shape)
+        out[:, 0, 3] = 1
+        return out
+
+    table, faces = _routing_world(tmp_path, on_faces, corner)
+    share = faces[faces.any((1, 2))].mean((1, 2)).mean()
     assert table.loc["lh.FFA-1", "truth"] == "face"
-    assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(16.0, rel=1e-3)  # 1 / (1 of 16 patches)
+    assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(1 / share, rel=1e-3)
     assert table.loc["lh.V1v", "distance"] == pytest.approx(np.hypot(0.125, 0.025), abs=1e-3)
     assert table.loc["lh.V1v", "distance"] < table.loc["lh.V1v", "distance_uniform"]
 
 
 def test_routing_scores_give_no_credit_to_uniform_attention(tmp_path: Path) -> None:
-    uniform = np.full((8, *GRID), 1 / 16)
-    table = _routing_world(tmp_path, uniform, uniform)
+    table, _ = _routing_world(tmp_path, lambda m: np.full(m.shape, 1 / 16), lambda m: np.full(m.shape, 1 / 16))
     assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(1.0, rel=1e-3)
     assert table.loc["lh.V1v", "distance"] == pytest.approx(table.loc["lh.V1v", "distance_uniform"], abs=1e-3)
+
+
+def test_routing_refuses_scenes_the_generator_did_not_make(tmp_path: Path) -> None:
+    _routing_world(tmp_path, lambda m: np.full(m.shape, 1 / 16), lambda m: np.full(m.shape, 1 / 16))
+    listed = json.loads((tmp_path / "ground_truth/scenes.json").read_text())
+    listed[0]["objects"] = [{"category": "face", "cx": 0.123}]
+    (tmp_path / "ground_truth/scenes.json").write_text(json.dumps(listed))
+    with pytest.raises(BrainattError, match="differs from the generator"):
+        object_masks(tmp_path / "ground_truth", np.array([0]), GRID)
 
 
 def test_feature_cache_returns_rows_in_the_order_asked(tmp_path: Path) -> None:

@@ -3,9 +3,11 @@
 For each query of the transformer, the ground truth says what its voxels do (the majority generating kind):
 - a **category** query (face, body, word, food voxels) should put its attention on that category's objects:
   ``mass_ratio`` = attention mass on the object's patches / the share of patches the object covers (1 = no
-  routing), over test images that contain the category. Objects are their scene boxes (centre ± size/2), which
-  over-covers round objects and so errs against the encoder. Places are whole-scene layouts with no object
-  patches; their queries are not scored this way.
+  routing), over test images that contain the category. An object's patches are the grid cells at least
+  ``COVER``-covered by its pixels, from re-rendering the test scenes at the token grid (the generator is
+  deterministic). Since the ratio cannot exceed 1/share, ``mass_ratio_small`` repeats it over images where the
+  object covers at most ``SMALL`` of the patches (large bodies can fill a third of the image). Places are
+  whole-scene layouts with no object patches; their queries are not scored this way.
 - a **retinotopic** query should look where its voxels' pRFs are: ``distance`` between the attention centroid
   (mean over test images) and the mean true pRF centre, in image widths; ``distance_uniform`` is the same for
   a uniform map (the image centre), the score to beat.
@@ -22,8 +24,12 @@ import numpy as np
 import pandas as pd
 
 from brainatt.io import BrainattError
+from brainatt.synth.scenes import CATEGORIES, render
+from brainatt.synth.world import WorldSpec, world_scenes
 
 OBJECT_CATEGORIES = ("face", "body", "word", "food")
+COVER = 0.25  # a patch belongs to an object when the object covers at least this fraction of it
+SMALL = 0.15  # "small object" images: the object covers at most this share of the patches
 
 
 def _grid_centres(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -32,23 +38,30 @@ def _grid_centres(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def object_mask(objects: list[dict], category: str, grid: tuple[int, int]) -> np.ndarray:
-    """Patches whose centre lies in a box of ``category`` (at least the patch holding each box centre)."""
-    x, y = _grid_centres(grid)
-    mask = np.zeros(grid, dtype=bool)
-    for o in objects:
-        if o["category"] != category:
-            continue
-        half = o["size"] / 2
-        mask |= (np.abs(x - o["cx"]) <= half) & (np.abs(y - o["cy"]) <= half)
-        mask[min(int(o["cy"] * grid[0]), grid[0] - 1), min(int(o["cx"] * grid[1]), grid[1] - 1)] = True
-    return mask
+def object_masks(ground_truth: str | Path, nsd_ids: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """``(N, K, gh, gw)`` bool: the grid cells each category covers (≥ ``COVER``, else its best-covered cell)."""
+    gt = Path(ground_truth)
+    world = json.loads((gt / "world.json").read_text())
+    scenes_json = json.loads((gt / "scenes.json").read_text())
+    if grid[0] != grid[1]:
+        raise BrainattError(f"{gt}: object masks need a square token grid, got {grid}")
+    scenes, _ = world_scenes(WorldSpec.from_config(world["spec"]))
+    masks = []
+    for i in nsd_ids:
+        scene = scenes[int(i)]
+        listed = [(o["category"], round(o["cx"], 6)) for o in scenes_json[int(i)]["objects"]]
+        if [(o.category, round(o.cx, 6)) for o in scene.objects] != listed:
+            raise BrainattError(f"{gt}: scene {i} differs from the generator's: rerun synthesize with this version")
+        cover = render(scene, world["spec"]["image_size"], grid[0])[1]  # (K, gh, gw) covered fraction
+        peak = cover.max((1, 2), keepdims=True)
+        # A small object may cover no cell by COVER: it then owns its best-covered cell.
+        masks.append((cover >= np.minimum(COVER, peak)) & (cover > 0))
+    return np.stack(masks)
 
 
 def routing_scores(attention_h5: str | Path, voxel_scores: pd.DataFrame, ground_truth: str | Path, subject: str):
     """One row per query: what its voxels are in truth and how well its attention routes to it."""
     gt = Path(ground_truth)
-    scenes = json.loads((gt / "scenes.json").read_text())
     with h5py.File(attention_h5, "r") as f:
         queries = f["queries"][()].astype(str)
         nsd_ids = f["nsd_ids"][()]
@@ -59,6 +72,7 @@ def routing_scores(attention_h5: str | Path, voxel_scores: pd.DataFrame, ground_
         prf_x, prf_y = f["params/prf_x"][()], f["params/prf_y"][()]
     if len(kind) != len(voxel_scores):
         raise BrainattError(f"{gt / subject}.h5: {len(kind)} voxels but the encoder scored {len(voxel_scores)}")
+    objects = object_masks(gt, nsd_ids, grid)
     x, y = _grid_centres(grid)
     label = voxel_scores["hemi"].astype(str) + "." + voxel_scores["roi"].astype(str)
     rows = []
@@ -69,12 +83,14 @@ def routing_scores(attention_h5: str | Path, voxel_scores: pd.DataFrame, ground_
         row = {"subject": subject, "query": name, "truth": truth or "unlabelled", "n_voxels": len(voxels)}
         a = maps[q]
         if truth in OBJECT_CATEGORIES:
-            masks = [object_mask(scenes[int(i)]["objects"], truth, grid) for i in nsd_ids]
-            has = np.array([m.any() for m in masks])
+            masks = objects[:, CATEGORIES.index(truth)]
+            share = masks.mean((1, 2))
+            mass = (a * masks).sum((1, 2))
+            has, small = share > 0, (share > 0) & (share <= SMALL)
             if has.any():
-                mass = np.array([a[i][m].sum() for i, m in enumerate(masks) if has[i]])
-                share = np.array([m.mean() for m in masks if m.any()])
-                row.update(family="category", n_images=int(has.sum()), mass_ratio=mass.mean() / share.mean())
+                row.update(family="category", n_images=int(has.sum()), mass_ratio=mass[has].mean() / share[has].mean())
+            if small.any():
+                row.update(n_small=int(small.sum()), mass_ratio_small=mass[small].mean() / share[small].mean())
         elif truth.startswith(("V", "hV")):
             cx, cy = (a * x).sum((1, 2)).mean(), (a * y).sum((1, 2)).mean()
             tx, ty = prf_x[voxels].mean(), prf_y[voxels].mean()

@@ -147,11 +147,16 @@ def visual_features(visual: VisualSystem, images: np.ndarray, batch: int = 256) 
     return torch.cat([e for e, _ in out]), torch.cat([c for _, c in out])
 
 
+def world_scenes(spec: WorldSpec) -> tuple[list[Scene], np.random.Generator]:
+    """The world's scene descriptions (indexed by nsd id) and the generator, positioned to draw the rest."""
+    rng = np.random.default_rng(spec.seed)
+    return [sample_scene(rng) for _ in range(spec.n_images)], rng
+
+
 def build_world(spec: WorldSpec) -> World:
     """Draw everything about the world that does not involve measurement noise."""
     torch.manual_seed(spec.seed)
-    rng = np.random.default_rng(spec.seed)
-    scenes = [sample_scene(rng) for _ in range(spec.n_images)]
+    scenes, rng = world_scenes(spec)
     grid = spec.image_size // STRIDE
     log.info("rendering %d scenes at %d px", len(scenes), spec.image_size)
     images, _ = render_many(scenes, spec.image_size, grid)
