@@ -29,6 +29,13 @@ TINY_CONFIG = {
         "sessions_kept": [1.0, 0.75],
         "voxel_mm": 6.0,
     },
+    "models": {"backbone": {"name": "kit:clip", "source": "open_clip", "layers": [-1]}},
+    "encoding": {
+        "seeds": [0],
+        "transformer": {"epochs": 2, "heads": 4, "ff": 32},
+        "factorized": {"epochs": 2},
+        "ridge": {"folds": 3, "pca": 8, "n_alphas": 5},
+    },
     # 32-px images: the shipped (64-px) kit does not match, so the DAG must retrain a (tiny) kit.
     "kit": {
         "n_images": 200,
@@ -82,6 +89,17 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "results/kit/manifest.json").exists()  # stale shipped kit → retrained
     kit = pd.read_csv(tmp_path / "results/tables/kit_quality.tsv", sep="\t")
     assert {"clip_zero_shot_5way", "captioner_names_present", "diffusion_zero_shot_5way"} <= set(kit.metric)
+    encoding = pd.read_csv(tmp_path / "results/tables/encoding.tsv", sep="\t")
+    assert set(encoding.encoder) == {"transformer", "factorized", "ridge_pooled", "ridge_tokens"}
+    assert set(encoding.subject) == {"subj01", "subj02"}
+    assert encoding.loc[encoding.roi == "all", "r_truth"].notna().all()
+    routing = pd.read_csv(tmp_path / "results/tables/routing.tsv", sep="\t")
+    assert {"query", "truth", "mass_ratio"} <= set(routing.columns)
+    with h5py.File(tmp_path / "results/encoding/subj01/transformer/attention.h5") as f:
+        assert f["maps"].shape[1:] == (12, 4, 4)  # 12 test images, 32 px / patch 8
+    for subject in ("subj01", "subj02"):
+        for figure in ("encoding_brain_maps.png", "encoding_voxel_scatter.png", "encoding_attention.png"):
+            assert (tmp_path / f"results/figures/{subject}/{figure}").stat().st_size > 1000
     table = pd.read_csv(tmp_path / "results/tables/prep.tsv", sep="\t")
     assert list(table.subject) == ["subj01", "subj02"]
     assert table.n_sessions.tolist() == [3, 2]  # subj02 completed 75% of the sessions

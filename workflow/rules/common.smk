@@ -30,7 +30,7 @@ def backbone_kit_input(wildcards=None):
 
 BACKBONE = backbone_slug(config["models"]["backbone"]["name"])
 ENCODERS = config["encoding"]["encoders"]
-GROUND_TRUTH = f"{DATASET['root']}/ground_truth"
+GROUND_TRUTH = f"{DATASET['root']}/ground_truth"  # inside the synthesize output: nsd-synth's noise-free truth
 # Routing is scored against nsd-synth's ground truth, for the transformer's attention.
 ROUTING = "synth" in config and "transformer" in ENCODERS
 SUBJECT_FIGURES = [
@@ -38,11 +38,6 @@ SUBJECT_FIGURES = [
     "encoding_voxel_scatter.png",
     *(["encoding_attention.png"] if "transformer" in ENCODERS else []),
 ]
-
-
-def truth_input(wildcards):
-    """nsd-synth's noise-free responses of the subject, for r against the truth."""
-    return f"{GROUND_TRUTH}/{wildcards.subject}.h5" if "synth" in config else []
 
 
 def dataset_input(wildcards=None):

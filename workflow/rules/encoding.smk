@@ -30,12 +30,12 @@ rule encode:
     input:
         responses="results/prep/{subject}/responses.h5",
         features=f"results/features/{BACKBONE}.h5",
-        truth=truth_input,
+        dataset=dataset_input,
     output:
         directory("results/encoding/{subject}/{encoder}"),
     params:
         config=json.dumps(config["encoding"], sort_keys=True),
-        truth=lambda wc, input: f"--truth {input.truth}" if input.truth else "",
+        truth=lambda wc: f"--truth {GROUND_TRUTH}/{wc.subject}.h5" if "synth" in config else "",
     log:
         "logs/encode/{subject}/{encoder}.log",
     benchmark:
@@ -55,7 +55,7 @@ rule encode:
 rule encoding_summary:
     input:
         expand("results/encoding/{subject}/{encoder}", subject=SUBJECTS, encoder=ENCODERS),
-        truth=lambda wc: GROUND_TRUTH if "synth" in config else [],
+        dataset=dataset_input,
     output:
         table="results/tables/encoding.tsv",
         routing=["results/tables/routing.tsv"] if ROUTING else [],
