@@ -38,8 +38,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import shlex
 import statistics
 import subprocess
@@ -50,9 +48,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import RESULTS, code_version, machine, record
 
 HEADING = "## encoder"
-RESULTS = Path(__file__).with_name("RESULTS.md")
 ROOT = Path(__file__).resolve().parents[1]
 RESPONSES = ROOT / "results/prep/subj01/responses.h5"
 STIMULI = ROOT / "results/stimuli/images.h5"
@@ -210,7 +208,7 @@ def child_gpu_size(args: argparse.Namespace) -> None:
         "val_s": val_s,
         "make_s": make_s,
         "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else machine().split(",")[0],
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else machine(versions()).split(",")[0],
         "params": sum(p.numel() for p in model.parameters()),
     }
     if args.backbone_steps:
@@ -248,32 +246,6 @@ def run_child(argv: list[str], threads: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------ report
-def machine() -> str:
-    import torch
-
-    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
-    mem_kb = int(re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{cpu.group(1) if cpu else platform.processor()}, {len(os.sched_getaffinity(0))} cores (nproc), "
-        f"{mem_kb / 2**20:.1f} GiB RAM, {gpu}; Linux {platform.release()}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}"
-    )
-
-
-def code_version() -> str:
-    """The commit the timed code is at, and whether it had uncommitted edits."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *TIMED_CODE],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-    except OSError:
-        return "unknown (no git)"
-    return head.stdout.strip() + (f" + uncommitted edits to {' '.join(TIMED_CODE)}" if dirty.stdout.strip() else "")
 
 
 def header(title: str, load_before: tuple[float, ...], threads: int) -> list[str]:
@@ -281,8 +253,8 @@ def header(title: str, load_before: tuple[float, ...], threads: int) -> list[str
     return [
         f"### {title}",
         "",
-        f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; code: {code_version()}",
-        f"- machine: {machine()}; {threads} thread(s) per arm (OMP_NUM_THREADS, torch.set_num_threads)",
+        f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; code: {code_version(TIMED_CODE)}",
+        f"- machine: {machine(versions())}; {threads} thread(s) per arm (OMP_NUM_THREADS, torch.set_num_threads)",
         f"- load average (1, 5, 15 min) at start → end: {load} (other work on the machine slows every arm)",
         f"- command: `{shlex.join(['python', 'bench/encoder.py', *sys.argv[1:]])}`",
     ]
@@ -389,22 +361,11 @@ def gpu_section(args: argparse.Namespace) -> str:
     return "\n".join([*header(title, load_before, args.threads), *(f"- {n}" for n in notes), "", *lines, ""])
 
 
-def record(title_prefix: str, text: str) -> None:
-    """Replace (or add) the subsection starting with ``### {title_prefix}`` under ``## encoder`` in RESULTS.md,
-    leaving other subsections and other benchmarks' sections alone. The file is read right before it is written."""
-    doc = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    head = re.search(rf"^{HEADING}\b.*$", doc, flags=re.M)
-    if head is None:
-        doc = doc.rstrip("\n") + f"\n\n{HEADING}\n\n"
-        head = re.search(rf"^{HEADING}\b.*$", doc, flags=re.M)
-    start = head.end()
-    end = doc.find("\n## ", start)
-    end = len(doc) if end < 0 else end + 1
-    sec = doc[start:end]
-    sub = re.search(rf"^### {re.escape(title_prefix)}.*?(?=^### |\Z)", sec, flags=re.S | re.M)
-    text = text.rstrip("\n") + "\n\n"
-    sec = sec[: sub.start()] + text + sec[sub.end() :] if sub else sec.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(doc[:start] + sec.rstrip("\n") + "\n" + ("\n" + doc[end:] if end < len(doc) else ""))
+def versions() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"torch {torch.__version__}, {gpu}"
 
 
 def main() -> None:
@@ -431,7 +392,7 @@ def main() -> None:
         text = gpu_section(args) if args.gpu_size else subject_section(args)
         print(text)
         if not args.no_record:
-            record("gpu-size" if args.gpu_size else "nsd-synth", text)
+            record(HEADING, text, subsection="gpu-size" if args.gpu_size else "nsd-synth")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import resource
 import shlex
 import statistics
@@ -41,11 +39,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from common import RESULTS, code_version, machine, record
 
 SHAPE = (750, 83, 104, 81)  # (trials, Z, Y, X) as h5py reads NSD's files
 NSDGENERAL_VOXELS = 15_724  # nsdgeneral size of subj01 at 1.8 mm
 HEADING = "## prep"
-RESULTS = Path(__file__).with_name("RESULTS.md")
 TARGET_RATIO, TARGET_RSS = 0.7, 3e9
 TIMED_CODE = ("brainatt/nsd", "brainatt/prep")  # the package code `ours` runs
 METHODS = ("raw", "ours")
@@ -188,18 +186,6 @@ def table(rows: list[Row], nbytes: int) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    meminfo = Path("/proc/meminfo").read_text()
-    cpu = re.search(r"model name\s*:\s*(.*)", cpuinfo)
-    mem_kb = int(re.search(r"MemTotal:\s*(\d+)", meminfo).group(1))
-    return (
-        f"{cpu.group(1) if cpu else platform.processor()}, {len(os.sched_getaffinity(0))} cores (nproc), "
-        f"{mem_kb / 2**20:.1f} GiB RAM; Linux {platform.release()}; Python {platform.python_version()}, "
-        f"numpy {np.__version__}, h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version})"
-    )
-
-
 def section(layout: str, body: str, notes: list[str]) -> str:
     cmd = shlex.join(["python", "bench/prep.py", *sys.argv[1:]])
     return "\n".join(
@@ -207,7 +193,7 @@ def section(layout: str, body: str, notes: list[str]) -> str:
             f"### {layout} layout",
             "",
             f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
-            f"- machine: {machine()}",
+            f"- machine: {machine(versions())}",
             f"- command: `{cmd}`",
             *(f"- {n}" for n in notes),
             "",
@@ -217,38 +203,8 @@ def section(layout: str, body: str, notes: list[str]) -> str:
     )
 
 
-def record(layout: str, text: str) -> None:
-    """Replace (or add) this layout's subsection under the ``## prep`` heading of RESULTS.md, leaving the rest (other
-    subsections, other benchmarks' sections) as it is. The file is read right before it is written."""
-    doc = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    head = re.search(rf"^{HEADING}\b.*$", doc, flags=re.M)
-    if head is None:
-        doc = doc.rstrip("\n") + f"\n\n{HEADING}\n\n"
-        head = re.search(rf"^{HEADING}\b.*$", doc, flags=re.M)
-    start = head.end()
-    end = doc.find("\n## ", start)
-    end = len(doc) if end < 0 else end + 1
-    sec = doc[start:end]
-    sub = re.search(rf"^### {layout} layout\n.*?(?=^### |\Z)", sec, flags=re.S | re.M)
-    text = text.rstrip("\n") + "\n\n"
-    sec = sec[: sub.start()] + text + sec[sub.end() :] if sub else sec.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(doc[:start] + sec.rstrip("\n") + "\n" + ("\n" + doc[end:] if end < len(doc) else ""))
-
-
-def code_version() -> str:
-    """The commit the timed code is at, and whether its files (brainatt/nsd, brainatt/prep) had uncommitted edits."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *TIMED_CODE],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        )
-    except OSError:
-        return "unknown (no git)"
-    return head.stdout.strip() + (f" + uncommitted edits to {' '.join(TIMED_CODE)}" if dirty.stdout.strip() else "")
+def versions() -> str:
+    return f"numpy {np.__version__}, h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version})"
 
 
 def main() -> None:
@@ -288,7 +244,7 @@ def main() -> None:
         rows = measure(path, masks, args.methods, caches, args.repeats)
     nbytes = int(np.prod(SHAPE)) * 2
     load += " → " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-    notes.insert(0, f"package code: {code_version()}; load average (1, 5, 15 min) at start → end: {load}")
+    notes.insert(0, f"package code: {code_version(TIMED_CODE)}; load average (1, 5, 15 min) at start → end: {load}")
     notes.append(
         f"session: {' × '.join(map(str, SHAPE))} int16 = {nbytes / 1e9:.3f} GB of betas; MB/s = these bytes / "
         "median s; × raw = raw median s / this median s (same cache state), × raw (best) the same with the fastest "
@@ -298,7 +254,7 @@ def main() -> None:
     text = section(args.layout, table(rows, nbytes), notes)
     print(text)
     if not args.no_record:
-        record(args.layout, text)
+        record(HEADING, text, subsection=f"{args.layout} layout")
 
 
 if __name__ == "__main__":

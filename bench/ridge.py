@@ -29,8 +29,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import resource
 import shlex
 import statistics
@@ -42,9 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from common import RESULTS, code_version, machine, record
 
 HEADING = "## ridge"
-RESULTS = Path(__file__).with_name("RESULTS.md")
 METHODS = ("ours", "himalaya", "sklearn", "ours64")
 N_TIES = 300  # voxels whose two best α score closest, refit by himalaya in float64 to check the criterion
 TARGET_RATIO, TARGET_AGREE, TARGET_RSS = 0.25, 0.999, 8e9
@@ -188,12 +186,10 @@ def check_ties(workdir: Path) -> str:
     )
 
 
-def machine() -> str:
+def versions() -> str:
     import himalaya
     import sklearn
 
-    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
-    mem_kb = int(re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text()).group(1))
     blas = ""
     try:
         from threadpoolctl import threadpool_info
@@ -202,39 +198,7 @@ def machine() -> str:
         blas = f", BLAS {info['internal_api']} {info['version']} ({info['num_threads']} threads)"
     except (ImportError, IndexError, KeyError):
         pass
-    return (
-        f"{cpu.group(1) if cpu else platform.processor()}, {len(os.sched_getaffinity(0))} cores (nproc), "
-        f"{mem_kb / 2**20:.1f} GiB RAM; Linux {platform.release()}; Python {platform.python_version()}, "
-        f"numpy {np.__version__}, scikit-learn {sklearn.__version__}, himalaya {himalaya.__version__}{blas}"
-    )
-
-
-def code_version() -> str:
-    """The commit the timed code is at, and whether it had uncommitted edits."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *TIMED_CODE],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        )
-    except OSError:
-        return "unknown (no git)"
-    return head.stdout.strip() + (f" + uncommitted edits to {' '.join(TIMED_CODE)}" if dirty.stdout.strip() else "")
-
-
-def record(text: str) -> None:
-    """Replace (or add) the ``## ridge`` section of RESULTS.md, read right before writing; other sections stay."""
-    doc = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    head = re.search(rf"^{HEADING}\b.*$", doc, flags=re.M)
-    if head is None:
-        RESULTS.write_text(doc.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
-        return
-    end = doc.find("\n## ", head.end())
-    rest = "" if end < 0 else "\n" + doc[end + 1 :]
-    RESULTS.write_text(doc[: head.start()] + text.rstrip("\n") + "\n" + rest)
+    return f"numpy {np.__version__}, scikit-learn {sklearn.__version__}, himalaya {himalaya.__version__}{blas}"
 
 
 def main() -> None:
@@ -283,8 +247,8 @@ def main() -> None:
         spread = len(np.unique(best))
 
     notes = [
-        f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; code: {code_version()}",
-        f"machine: {machine()}; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+        f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; code: {code_version(TIMED_CODE)}",
+        f"machine: {machine(versions())}; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
         "(other work on the machine slows every method)",
         f"command: `{shlex.join(['python', 'bench/ridge.py', *sys.argv[1:]])}`",
         f"problem: n = {args.n:,}, p = {args.p}, t = {args.t:,} float32; 5-fold KFold (unshuffled), "
@@ -304,7 +268,7 @@ def main() -> None:
     text += "\n\n" + body + "\n"
     print(text)
     if not args.no_record:
-        record(text)
+        record(HEADING, text)
 
 
 if __name__ == "__main__":
