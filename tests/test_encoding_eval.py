@@ -29,7 +29,6 @@ def _subject(n_vox: int = 6, n_test: int = 50, seed: int = 0) -> SubjectData:
         train_y=rng.normal(size=(30, n_vox)).astype(np.float32),
         test_ids=np.arange(n_test),
         test_y=rng.normal(size=(n_test, n_vox)).astype(np.float32),
-        test_reps=np.full(n_test, 3),
         nc=np.array([50.0, 50.0, 2.0, 50.0, 50.0, 50.0])[:n_vox],
         roi=np.array(["FFA-1", "FFA-1", "FFA-1", "V1v", "V1v", "rest"])[:n_vox],
         hemi=np.array(["lh", "lh", "lh", "lh", "lh", "rh"])[:n_vox],

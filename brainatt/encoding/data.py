@@ -36,7 +36,6 @@ class SubjectData:
     train_y: np.ndarray  # (n_train, V) float32
     test_ids: np.ndarray
     test_y: np.ndarray
-    test_reps: np.ndarray
     nc: np.ndarray  # (V,) noise ceiling of the test responses, %
     roi: np.ndarray  # (V,) ROI name
     hemi: np.ndarray  # (V,) 'lh' | 'rh'
@@ -87,7 +86,6 @@ def load_subject(path: str | Path) -> SubjectData:
             train_y=f["train/betas"][()].astype(np.float32),
             test_ids=f["test/nsd_ids"][()],
             test_y=f["test/betas"][()].astype(np.float32),
-            test_reps=f["test/n_reps"][()],
             nc=f["voxels/nc_test"][()].astype(np.float64),
             roi=roi.astype(str),
             hemi=hemi,
