@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from sklearn.decomposition import PCA
 
 from brainatt.encoding.data import SubjectData, assign_queries, load_subject, validation_split
-from brainatt.encoding.evaluate import load_truth, voxel_scores
+from brainatt.encoding.evaluate import NC_MIN, load_truth, voxel_scores
 from brainatt.encoding.factorized import FactorizedEncoder
 from brainatt.encoding.ridge import RidgeCV
 from brainatt.encoding.train import TrainConfig, ensemble_weights, fit, predict
@@ -186,7 +186,7 @@ def fit_encoder(
                 f["maps"] = maps.numpy().astype(np.float16)
                 f.attrs["grid"] = list(cache.grid)
         scores.to_csv(tmp / "voxel_scores.tsv", sep="\t", index=False, float_format="%.5g")
-    ok = scores["nc"] >= 5
+    ok = scores["nc"] >= NC_MIN
     log.info(
         "%s %s: mean r %.3f, NC-normalised %.3f (%d voxels with NC ≥ 5%%) in %.0f s",
         sub.path.parent.name,

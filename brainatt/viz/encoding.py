@@ -23,9 +23,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import ndimage
 
+from brainatt.encoding.evaluate import NC_MIN
 from brainatt.io import BrainattError, atomic_path
 
-NC_MIN = 5.0  # % noise ceiling below which NC-normalised accuracy is not reported (DESIGN.md, "Metrics")
 FAMILY_ORDER = ("retinotopic", "category", "other")
 FAMILY_COLORS = {"retinotopic": "#2c7bb6", "category": "#d7191c", "other": "#9e9e9e"}
 ENCODER_ORDER = ("ridge_pooled", "ridge_tokens", "factorized", "transformer")
