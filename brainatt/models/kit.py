@@ -69,11 +69,11 @@ class DiffusionConfig:
     channels: tuple[int, ...] = (64, 96, 96)
     layers_per_block: int = 1
     space_to_depth: int = 4
-    steps: int = 250
+    steps: int = 9000
     batch: int = 32
     lr: float = 2e-3
     cond_drop: float = 0.1  # classifier-free guidance: conditioning dropped to zeros this often
-    sample_steps: int = 15  # DDIM steps used by kit-eval
+    sample_steps: int = 50  # DDIM steps used by kit-eval (15 leave visible noise; chosen on a validation world)
     guidance_scale: float = 3.0
     eval_per_category: int = 8  # images generated per category by kit-eval
 
