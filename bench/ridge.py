@@ -22,7 +22,7 @@ The table (median seconds, ratio ours/himalaya, peak RSS, α agreement with hima
 himalaya (float32) ≤ 0.25, same α as himalaya (float64) on ≥ 99.9% of voxels, peak RSS ≤ 8 GB. Wrap runs in
 ``flock /tmp/brainatt-bench.lock`` so benchmarks never overlap.
 
-    flock /tmp/brainatt-bench.lock python bench/ridge.py                    # full size (~30 min on 2 cores)
+    flock /tmp/brainatt-bench.lock python bench/ridge.py                    # full size (~15 min on 2 quiet cores)
     python bench/ridge.py --n 2000 --p 256 --t 2000 --no-record             # a quick smoke run
 """
 
