@@ -162,7 +162,7 @@ def sample(
     prompts: list[str],
     clip: ClipModel | None = None,
     *,
-    steps: int = 25,
+    steps: int = 50,
     guidance_scale: float = 3.0,
     seed: int = 0,
     image_size: int | None = 64,
