@@ -102,15 +102,11 @@ def child_cache(workdir: Path, threads: int) -> None:
 
     from brainatt.encoding.data import load_subject
     from brainatt.features.cache import extract_features
+    from brainatt.io import read_by_nsd_id
     from brainatt.models.loading import ModelSpec, load_backbone
 
     ids = load_subject(RESPONSES).train_ids
-    with h5py.File(STIMULI, "r") as f:
-        row = {int(k): i for i, k in enumerate(f["nsd_ids"][()])}
-        rows = np.array([row[int(k)] for k in ids])
-        order = np.argsort(rows)  # h5py wants increasing indices
-        images = np.empty((len(ids), *f["images"].shape[1:]), np.uint8)
-        images[order] = f["images"][rows[order]]
+    images = read_by_nsd_id(STIMULI, "images", ids, "the stimuli file", "rerun the stimuli rule")
     with h5py.File(workdir / "images.h5", "w") as f:
         f["images"], f["nsd_ids"] = images, ids
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 
 from brainatt import __version__
 
@@ -81,3 +82,20 @@ def atomic_h5(path: str | Path, config: Any, units: str) -> Iterator[h5py.File]:
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+
+
+def read_by_nsd_id(path: str | Path, dataset: str, nsd_ids: np.ndarray, where: str, fix: str) -> np.ndarray:
+    """Rows of ``dataset`` for ``nsd_ids``, in the order asked, from an HDF5 file whose ``nsd_ids`` names its rows.
+
+    A missing id is an error naming the file, ``where`` the ids were looked for and the ``fix``.
+    """
+    with h5py.File(path, "r") as f:
+        row = {int(k): i for i, k in enumerate(f["nsd_ids"][()])}
+        missing = [int(k) for k in nsd_ids if int(k) not in row]
+        if missing:
+            raise BrainattError(f"{path}: {len(missing)} images (e.g. nsd id {missing[0]}) are not in {where}: {fix}")
+        data = f[dataset]
+        rows, back = np.unique(np.array([row[int(k)] for k in nsd_ids], dtype=np.int64), return_inverse=True)
+        if not len(rows):
+            return np.zeros((0, *data.shape[1:]), data.dtype)
+        return data[rows][back]  # h5py reads increasing indices only

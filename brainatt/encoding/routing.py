@@ -24,10 +24,9 @@ import numpy as np
 import pandas as pd
 
 from brainatt.io import BrainattError
-from brainatt.synth.scenes import CATEGORIES, render
+from brainatt.synth.scenes import CATEGORIES, OBJECT_CATEGORIES, render
 from brainatt.synth.world import WorldSpec, world_scenes
 
-OBJECT_CATEGORIES = ("face", "body", "word", "food")
 COVER = 0.25  # a patch belongs to an object when the object covers at least this fraction of it
 SMALL = 0.15  # "small object" images: the object covers at most this share of the patches
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from brainatt.io import BrainattError, atomic_h5
+from brainatt.io import BrainattError, atomic_h5, read_by_nsd_id
 from brainatt.models.loading import ModelSpec, load_backbone
 from brainatt.synth.world import images_to_tensor
 
@@ -98,21 +98,10 @@ class FeatureCache:
             self.layers = [int(v) for v in f.attrs["layers"]]
             self.grid = tuple(int(v) for v in f.attrs["grid"])
             self.backbone = str(f.attrs["backbone"])
-        self._row = {int(k): i for i, k in enumerate(self.nsd_ids)}
-
-    def rows(self, nsd_ids: np.ndarray) -> np.ndarray:
-        missing = [int(k) for k in nsd_ids if int(k) not in self._row]
-        if missing:
-            raise BrainattError(
-                f"{self.path}: {len(missing)} images (e.g. nsd id {missing[0]}) are not in the feature cache: "
-                "rerun the stimuli and features rules for these subjects"
-            )
-        return np.array([self._row[int(k)] for k in nsd_ids])
 
     def _read(self, name: str, nsd_ids: np.ndarray) -> np.ndarray:
-        rows, back = np.unique(self.rows(nsd_ids), return_inverse=True)  # h5py wants increasing indices
-        with h5py.File(self.path, "r") as f:
-            return f[name][rows][back]
+        fix = "rerun the stimuli and features rules for these subjects"
+        return read_by_nsd_id(self.path, name, nsd_ids, "the feature cache", fix)
 
     def tokens(self, layer: int, nsd_ids: np.ndarray) -> np.ndarray:
         """``(N, gh, gw, C) float16`` patch tokens of one cached layer."""

@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D
 from scipy import ndimage
 
 from brainatt.encoding.evaluate import NC_MIN
-from brainatt.io import BrainattError, atomic_path
+from brainatt.io import BrainattError, atomic_path, read_by_nsd_id
 
 FAMILY_ORDER = ("retinotopic", "category", "other")
 FAMILY_COLORS = {"retinotopic": "#2c7bb6", "category": "#d7191c", "other": "#9e9e9e"}
@@ -352,14 +352,7 @@ def top_images(pred: np.ndarray, nsd_ids: np.ndarray, voxels: np.ndarray, n_top:
 
 
 def _read_images(stimuli_h5: str | Path, nsd_ids: np.ndarray) -> np.ndarray:
-    with h5py.File(stimuli_h5, "r") as f:
-        index = {int(n): i for i, n in enumerate(f["nsd_ids"][()])}
-        missing = [int(n) for n in nsd_ids if int(n) not in index]
-        if missing:
-            raise BrainattError(f"{stimuli_h5}: no image for nsd ids {missing[:5]}: re-run the stimuli rule")
-        rows = np.array([index[int(n)] for n in nsd_ids], dtype=np.int64)
-        uniq, inverse = np.unique(rows, return_inverse=True)
-        return f["images"][uniq][inverse] if len(uniq) else np.zeros((0, 1, 1, 3), np.uint8)
+    return read_by_nsd_id(stimuli_h5, "images", nsd_ids, "the stimuli file", "re-run the stimuli rule")
 
 
 def upsample(att: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
