@@ -135,6 +135,8 @@ def test_routing_scores_recover_planted_routing(tmp_path: Path) -> None:
     share = faces[faces.any((1, 2))].mean((1, 2)).mean()
     assert table.loc["lh.FFA-1", "truth"] == "face"
     assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(1 / share, rel=1e-3)
+    assert table.loc["lh.FFA-1", "peak_on_object"] == 1.0
+    assert table.loc["lh.FFA-1", "peak_chance"] == pytest.approx(share)
     assert table.loc["lh.V1v", "distance"] == pytest.approx(np.hypot(0.125, 0.025), abs=1e-3)
     assert table.loc["lh.V1v", "distance"] < table.loc["lh.V1v", "distance_uniform"]
 
@@ -143,6 +145,16 @@ def test_routing_scores_give_no_credit_to_uniform_attention(tmp_path: Path) -> N
     table, _ = _routing_world(tmp_path, lambda m: np.full(m.shape, 1 / 16), lambda m: np.full(m.shape, 1 / 16))
     assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(1.0, rel=1e-3)
     assert table.loc["lh.V1v", "distance"] == pytest.approx(table.loc["lh.V1v", "distance_uniform"], abs=1e-3)
+
+
+def test_routing_scores_give_no_credit_to_attention_beside_the_object(tmp_path: Path) -> None:
+    def beside(m: np.ndarray) -> np.ndarray:  # everywhere but the face patches
+        m = (~m).astype(float)
+        return m / m.sum((1, 2), keepdims=True)
+
+    table, _ = _routing_world(tmp_path, beside, lambda m: np.full(m.shape, 1 / 16))
+    assert table.loc["lh.FFA-1", "mass_ratio"] == 0.0
+    assert table.loc["lh.FFA-1", "peak_on_object"] == 0.0
 
 
 def test_routing_refuses_scenes_the_generator_did_not_make(tmp_path: Path) -> None:

@@ -6,8 +6,11 @@ For each query of the transformer, the ground truth says what its voxels do (the
   routing), over test images that contain the category. An object's patches are the grid cells at least
   ``COVER``-covered by its pixels, from re-rendering the test scenes at the token grid (the generator is
   deterministic). Since the ratio cannot exceed 1/share, ``mass_ratio_small`` repeats it over images where the
-  object covers at most ``SMALL`` of the patches (large bodies can fill a third of the image). Places are
-  whole-scene layouts with no object patches; their queries are not scored this way.
+  object covers at most ``SMALL`` of the patches (large bodies can fill a third of the image). The ratio also
+  counts diffuse attention against the query, so ``peak_on_object`` adds the share of those images whose
+  attention peak lies on the object, beside ``peak_chance``, the object's mean share of patches (what a peak
+  dropped at random would score). Places are whole-scene layouts with no object patches; their queries are not
+  scored this way.
 - a **retinotopic** query should look where its voxels' pRFs are: ``distance`` between the attention centroid
   (mean over test images) and the mean true pRF centre, in image widths; ``distance_uniform`` is the same for
   a uniform map (the image centre), the score to beat.
@@ -86,8 +89,16 @@ def routing_scores(attention_h5: str | Path, voxel_scores: pd.DataFrame, ground_
             share = masks.mean((1, 2))
             mass = (a * masks).sum((1, 2))
             has, small = share > 0, (share > 0) & (share <= SMALL)
+            peak = a.reshape(len(a), -1).argmax(1)
+            on_object = masks.reshape(len(masks), -1)[np.arange(len(masks)), peak]
             if has.any():
-                row.update(family="category", n_images=int(has.sum()), mass_ratio=mass[has].mean() / share[has].mean())
+                row.update(
+                    family="category",
+                    n_images=int(has.sum()),
+                    mass_ratio=mass[has].mean() / share[has].mean(),
+                    peak_on_object=on_object[has].mean(),
+                    peak_chance=share[has].mean(),
+                )
             if small.any():
                 row.update(n_small=int(small.sum()), mass_ratio_small=mass[small].mean() / share[small].mean())
         elif truth.startswith(("V", "hV")):
