@@ -92,12 +92,13 @@ def routing_scores(attention_h5: str | Path, voxel_scores: pd.DataFrame, ground_
             peak = a.reshape(len(a), -1).argmax(1)
             on_object = masks.reshape(len(masks), -1)[np.arange(len(masks)), peak]
             if has.any():
+                chance = share[has].mean()  # a uniform map's mass, and a random peak's hit rate
                 row.update(
                     family="category",
                     n_images=int(has.sum()),
-                    mass_ratio=mass[has].mean() / share[has].mean(),
+                    mass_ratio=mass[has].mean() / chance,
                     peak_on_object=on_object[has].mean(),
-                    peak_chance=share[has].mean(),
+                    peak_chance=chance,
                 )
             if small.any():
                 row.update(n_small=int(small.sum()), mass_ratio_small=mass[small].mean() / share[small].mean())

@@ -94,7 +94,6 @@ class FeatureCache:
         if not self.path.exists():
             raise BrainattError(f"{self.path}: feature cache missing: run the features rule")
         with h5py.File(self.path, "r") as f:
-            self.nsd_ids = f["nsd_ids"][()]
             self.layers = [int(v) for v in f.attrs["layers"]]
             self.grid = tuple(int(v) for v in f.attrs["grid"])
             self.backbone = str(f.attrs["backbone"])
