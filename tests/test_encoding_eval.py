@@ -12,11 +12,12 @@ import pytest
 
 from brainatt.encoding.data import SubjectData, assign_queries, validation_split
 from brainatt.encoding.evaluate import load_truth, summarize, voxel_scores
-from brainatt.encoding.routing import object_masks, routing_scores
+from brainatt.encoding.routing import object_masks, routing_scores, truth_maps
 from brainatt.features.cache import FeatureCache, backbone_slug
 from brainatt.io import BrainattError
-from brainatt.synth.scenes import CATEGORIES
-from brainatt.synth.world import WorldSpec, world_scenes
+from brainatt.synth.brain import sample_voxel_params
+from brainatt.synth.scenes import CATEGORIES, render_many
+from brainatt.synth.world import WorldSpec, load_brain, visual_features, world_scenes
 
 GRID = (4, 4)
 
@@ -98,10 +99,15 @@ def _routing_world(tmp_path: Path, face_maps, v1_maps) -> tuple[pd.DataFrame, np
     listed = [{"objects": [{"category": o.category, "cx": o.cx} for o in sc.objects]} for sc in scenes]
     (gt / "scenes.json").write_text(json.dumps(listed))
     (gt / "world.json").write_text(json.dumps({"spec": SPEC.as_dict()}))
+    kinds = ["face", "face:mixed", "V1v", "V1v"]
+    params = sample_voxel_params(np.array([2, 2, 1, 1]), kinds, np.random.default_rng(0))
+    params.prf_x, params.prf_y = np.array([0.5, 0.5, 0.6, 0.9]), np.array([0.5, 0.5, 0.1, 0.1])
     with h5py.File(gt / "subj01.h5", "w") as f:
-        f["kind"] = np.array([b"face", b"face:mixed", b"V1v", b"V1v"])
-        f["params/prf_x"] = np.array([0.5, 0.5, 0.6, 0.9])
-        f["params/prf_y"] = np.array([0.5, 0.5, 0.1, 0.1])
+        f["kind"] = np.array(kinds, dtype="S")
+        for key, value in params.as_dict().items():
+            f[f"params/{key}"] = value
+        f["readout/mean"], f["readout/std"] = np.zeros(4, np.float32), np.ones(4, np.float32)
+        f.attrs["grid"] = SPEC.image_size // 4
     ids = np.arange(SPEC.n_images)
     faces = object_masks(gt, ids, GRID)[:, CATEGORIES.index("face")]
     with h5py.File(tmp_path / "attention.h5", "w") as f:
@@ -139,6 +145,18 @@ def test_routing_scores_recover_planted_routing(tmp_path: Path) -> None:
     assert table.loc["lh.FFA-1", "peak_chance"] == pytest.approx(share)
     assert table.loc["lh.V1v", "distance"] == pytest.approx(np.hypot(0.125, 0.025), abs=1e-3)
     assert table.loc["lh.V1v", "distance"] < table.loc["lh.V1v", "distance_uniform"]
+
+
+def test_truth_routes_to_its_objects_and_attention_equal_to_it_scores_the_same(tmp_path: Path) -> None:
+    table, _ = _routing_world(tmp_path, lambda m: np.full(m.shape, 1 / 16), lambda m: np.full(m.shape, 1 / 16))
+    assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(1.0, rel=1e-3)
+    assert table.loc["lh.FFA-1", "truth_mass_ratio"] > 2.5  # the truth's pooling looks at the faces
+    brain = load_brain(tmp_path / "ground_truth", "subj01")
+    images, _ = render_many(world_scenes(SPEC)[0], SPEC.image_size, SPEC.image_size // 4)
+    cats = visual_features(brain.visual, images)[1]
+    truth = truth_maps(brain.readout, cats, CATEGORIES.index("face"), np.array([0, 1]), GRID)
+    planted, _ = _routing_world(tmp_path, lambda m: truth, lambda m: np.full(m.shape, 1 / 16))
+    assert planted.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(table.loc["lh.FFA-1", "truth_mass_ratio"], rel=2e-3)
 
 
 def test_routing_scores_give_no_credit_to_uniform_attention(tmp_path: Path) -> None:

@@ -110,6 +110,19 @@ def test_visual_system_is_differentiable() -> None:
     assert images.grad is not None and images.grad.abs().sum() > 0
 
 
+def test_pooling_weights_are_the_gradient_of_the_category_pooling(tiny_world: Path) -> None:
+    readout = load_brain(tiny_world / "ground_truth", "subj01").readout
+    voxels = torch.as_tensor(np.flatnonzero(readout.category_gain.numpy() == 1.0)[:5])
+    cats = torch.rand(3, len(CATEGORIES), 8, 8, requires_grad=True)
+    k = int(readout.category_w[voxels[0]].argmax())
+    weights = readout.pooling_weights(cats.detach(), k, voxels)
+    for i, v in enumerate(voxels):
+        (grad,) = torch.autograd.grad(readout.raw(torch.zeros(3, 10, 8, 8), cats)[:, v].sum(), cats)
+        scale = readout.category_gain[v] * readout.category_w[v, k]
+        torch.testing.assert_close(grad[:, k].flatten(1) / scale, weights[:, i], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, len(voxels)))
+
+
 def test_fingerprint_tracks_the_spec(tiny_spec) -> None:
     assert world_fingerprint(tiny_spec) == world_fingerprint(dataclasses.replace(tiny_spec))
     assert world_fingerprint(tiny_spec) != world_fingerprint(dataclasses.replace(tiny_spec, seed=99))

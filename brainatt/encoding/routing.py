@@ -9,8 +9,10 @@ For each query of the transformer, the ground truth says what its voxels do (the
   object covers at most ``SMALL`` of the patches (large bodies can fill a third of the image). The ratio also
   counts diffuse attention against the query, so ``peak_on_object`` adds the share of those images whose
   attention peak lies on the object, beside ``peak_chance``, the object's mean share of patches (what a peak
-  dropped at random would score). Places are whole-scene layouts with no object patches; their queries are not
-  scored this way.
+  dropped at random would score). ``truth_mass_ratio`` is the same ratio for the truth's own pooling weights
+  (`VoxelReadout.pooling_weights` of the query's voxels of that category, summed into token cells): how
+  focused routing can be on this grid. Places are whole-scene layouts with no object patches; their queries are
+  not scored this way.
 - a **retinotopic** query should look where its voxels' pRFs are: ``distance`` between the attention centroid
   (mean over test images) and the mean true pRF centre, in image widths; ``distance_uniform`` is the same for
   a uniform map (the image centre), the score to beat.
@@ -25,10 +27,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
 from brainatt.io import BrainattError
+from brainatt.synth.brain import VoxelReadout
 from brainatt.synth.scenes import CATEGORIES, OBJECT_CATEGORIES, render
-from brainatt.synth.world import WorldSpec, world_scenes
+from brainatt.synth.world import WorldSpec, load_brain, visual_features, world_scenes
 
 COVER = 0.25  # a patch belongs to an object when the object covers at least this fraction of it
 SMALL = 0.15  # "small object" images: the object covers at most this share of the patches
@@ -40,25 +45,47 @@ def _grid_centres(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def object_masks(ground_truth: str | Path, nsd_ids: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """``(N, K, gh, gw)`` bool: the grid cells each category covers (≥ ``COVER``, else its best-covered cell)."""
-    gt = Path(ground_truth)
-    world = json.loads((gt / "world.json").read_text())
-    scenes_json = json.loads((gt / "scenes.json").read_text())
+def _render_scenes(ground_truth: Path, nsd_ids: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Re-render the world's scenes: images ``(N, H, W, 3)`` and each category's cover ``(N, K, gh, gw)``."""
+    world = json.loads((ground_truth / "world.json").read_text())
+    scenes_json = json.loads((ground_truth / "scenes.json").read_text())
     if grid[0] != grid[1]:
-        raise BrainattError(f"{gt}: object masks need a square token grid, got {grid}")
+        raise BrainattError(f"{ground_truth}: object masks need a square token grid, got {grid}")
     scenes, _ = world_scenes(WorldSpec.from_config(world["spec"]))
-    masks = []
+    images, covers = [], []
     for i in nsd_ids:
         scene = scenes[int(i)]
         listed = [(o["category"], round(o["cx"], 6)) for o in scenes_json[int(i)]["objects"]]
         if [(o.category, round(o.cx, 6)) for o in scene.objects] != listed:
-            raise BrainattError(f"{gt}: scene {i} differs from the generator's: rerun synthesize with this version")
-        cover = render(scene, world["spec"]["image_size"], grid[0])[1]  # (K, gh, gw) covered fraction
-        peak = cover.max((1, 2), keepdims=True)
-        # A small object may cover no cell by COVER: it then owns its best-covered cell.
-        masks.append((cover >= np.minimum(COVER, peak)) & (cover > 0))
-    return np.stack(masks)
+            raise BrainattError(
+                f"{ground_truth}: scene {i} differs from the generator's: rerun synthesize with this version"
+            )
+        image, cover = render(scene, world["spec"]["image_size"], grid[0])
+        images.append(image)
+        covers.append(cover)
+    return np.stack(images), np.stack(covers)
+
+
+def _masks_from_cover(cover: np.ndarray) -> np.ndarray:
+    peak = cover.max((-2, -1), keepdims=True)
+    # A small object may cover no cell by COVER: it then owns its best-covered cell.
+    return (cover >= np.minimum(COVER, peak)) & (cover > 0)
+
+
+def object_masks(ground_truth: str | Path, nsd_ids: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """``(N, K, gh, gw)`` bool: the grid cells each category covers (≥ ``COVER``, else its best-covered cell)."""
+    return _masks_from_cover(_render_scenes(Path(ground_truth), nsd_ids, grid)[1])
+
+
+@torch.no_grad()
+def truth_maps(
+    readout: VoxelReadout, cats: torch.Tensor, category: int, voxels: np.ndarray, grid: tuple[int, int]
+) -> np.ndarray:
+    """The truth's pooling weights of ``voxels`` for one category, averaged over them, on the token grid."""
+    g = cats.shape[-1]
+    w = torch.cat([readout.pooling_weights(c, category, torch.as_tensor(voxels)).mean(1) for c in cats.split(64)])
+    w = nn.functional.adaptive_avg_pool2d(w.unflatten(-1, (g, g))[:, None].double(), grid)[:, 0]
+    return (w / w.sum((1, 2), keepdim=True)).numpy()
 
 
 def routing_scores(attention_h5: str | Path, voxel_scores: pd.DataFrame, ground_truth: str | Path, subject: str):
@@ -74,7 +101,10 @@ def routing_scores(attention_h5: str | Path, voxel_scores: pd.DataFrame, ground_
         prf_x, prf_y = f["params/prf_x"][()], f["params/prf_y"][()]
     if len(kind) != len(voxel_scores):
         raise BrainattError(f"{gt / subject}.h5: {len(kind)} voxels but the encoder scored {len(voxel_scores)}")
-    objects = object_masks(gt, nsd_ids, grid)
+    images, cover = _render_scenes(gt, nsd_ids, grid)
+    objects = _masks_from_cover(cover)
+    brain = load_brain(gt, subject)
+    cats = visual_features(brain.visual, images)[1]
     x, y = _grid_centres(grid)
     label = voxel_scores["hemi"].astype(str) + "." + voxel_scores["roi"].astype(str)
     rows = []
@@ -93,12 +123,15 @@ def routing_scores(attention_h5: str | Path, voxel_scores: pd.DataFrame, ground_
             on_object = masks.reshape(len(masks), -1)[np.arange(len(masks)), peak]
             if has.any():
                 chance = share[has].mean()  # a uniform map's mass, and a random peak's hit rate
+                own = voxels[[k == truth for k in kinds]]
+                truth_mass = (truth_maps(brain.readout, cats, CATEGORIES.index(truth), own, grid) * masks).sum((1, 2))
                 row.update(
                     family="category",
                     n_images=int(has.sum()),
                     mass_ratio=mass[has].mean() / chance,
                     peak_on_object=on_object[has].mean(),
                     peak_chance=chance,
+                    truth_mass_ratio=truth_mass[has].mean() / chance,
                 )
             if small.any():
                 row.update(n_small=int(small.sum()), mass_ratio_small=mass[small].mean() / share[small].mean())

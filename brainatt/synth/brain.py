@@ -121,6 +121,16 @@ class VoxelReadout(nn.Module):
         cat = (pooled * self.category_w.T).sum(1)
         return self.low_gain * low + self.category_gain * cat
 
+    def pooling_weights(self, cats: torch.Tensor, category: int, voxels: torch.Tensor) -> torch.Tensor:
+        """Where the voxels' pooling of one category map looks: ``(B, len(voxels), G²)``, each row sums to 1.
+
+        Log-sum-exp pooling is a softmax-weighted average in disguise: the derivative of the pooled value with
+        respect to each grid cell's probability is softmax(β·c + log pref). This is the truth's own attention
+        map, the reference for an encoder's.
+        """
+        logits = LSE_BETA * cats[:, category].flatten(1)[:, None, :] + torch.log(self.pref[voxels])[None]
+        return torch.softmax(logits, dim=-1)
+
     def forward(self, energy: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
         return (self.raw(energy, cats) - self.mean) / self.std
 
