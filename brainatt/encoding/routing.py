@@ -88,7 +88,9 @@ def truth_maps(
     return (w / w.sum((1, 2), keepdim=True)).numpy()
 
 
-def routing_scores(attention_h5: str | Path, voxel_scores: pd.DataFrame, ground_truth: str | Path, subject: str):
+def routing_scores(
+    attention_h5: str | Path, voxel_scores: pd.DataFrame, ground_truth: str | Path, subject: str
+) -> pd.DataFrame:
     """One row per query: what its voxels are in truth and how well its attention routes to it."""
     gt = Path(ground_truth)
     with h5py.File(attention_h5, "r") as f:
