@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import h5py
+import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from brainatt.encoding.data import SubjectData, assign_queries, validation_split
+from brainatt.encoding.data import QUERY_MODES, SubjectData, assign_queries, validation_split
 from brainatt.encoding.evaluate import load_truth, summarize, voxel_scores
 from brainatt.encoding.routing import object_masks, routing_scores, truth_maps
 from brainatt.features.cache import FeatureCache, backbone_slug
@@ -50,6 +52,18 @@ def test_queries_per_roi_per_voxel_and_mixed() -> None:
     assert len(names) == 6 and len(set(index)) == 6
     with pytest.raises(BrainattError, match="query mode"):
         assign_queries(sub, "hemisphere")
+
+
+def test_config_schema_accepts_every_query_mode_and_no_other() -> None:
+    root = Path(__file__).parents[1]
+    schema = yaml.safe_load((root / "workflow/schemas/config.schema.yaml").read_text())
+    config = yaml.safe_load((root / "config/config.yaml").read_text())
+    for mode in QUERY_MODES:
+        config["encoding"]["transformer"] = {"queries": mode}
+        jsonschema.validate(config, schema)
+    config["encoding"]["transformer"] = {"queries": "hemisphere"}
+    with pytest.raises(jsonschema.ValidationError, match="hemisphere"):
+        jsonschema.validate(config, schema)
 
 
 def test_validation_split_is_fixed_disjoint_and_complete() -> None:
