@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from brainatt.synth.anatomy import ATLASES, make_anatomy
-from brainatt.synth.brain import VisualSystem
+from brainatt.synth.brain import N_ENERGY, VisualSystem
 from brainatt.synth.detector import detector_iou, load_detector
 from brainatt.synth.scenes import CATEGORIES, CATEGORY_WORDS, caption, render, render_many, sample_scene
 from brainatt.synth.world import images_to_tensor, load_brain, world_fingerprint
@@ -117,7 +117,7 @@ def test_pooling_weights_are_the_gradient_of_the_category_pooling(tiny_world: Pa
     k = int(readout.category_w[voxels[0]].argmax())
     weights = readout.pooling_weights(cats.detach(), k, voxels)
     for i, v in enumerate(voxels):
-        (grad,) = torch.autograd.grad(readout.raw(torch.zeros(3, 10, 8, 8), cats)[:, v].sum(), cats)
+        (grad,) = torch.autograd.grad(readout.raw(torch.zeros(3, N_ENERGY, 8, 8), cats)[:, v].sum(), cats)
         scale = readout.category_gain[v] * readout.category_w[v, k]
         torch.testing.assert_close(grad[:, k].flatten(1) / scale, weights[:, i], atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(weights.sum(-1), torch.ones(3, len(voxels)))
