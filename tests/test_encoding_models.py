@@ -18,7 +18,8 @@ from brainatt.encoding.metrics import pearson_r
 from brainatt.encoding.readout import VoxelReadout
 from brainatt.encoding.ridge import RidgeCV
 from brainatt.encoding.train import TrainConfig, ensemble_weights, fit, predict
-from brainatt.encoding.transformer import AttentionRoutingEncoder, sine_positions
+from brainatt.encoding.transformer import AttentionRoutingEncoder, attention_entropy, sine_positions
+from brainatt.io import BrainattError
 
 GRID, WIDTH = (6, 6), 32
 RETINO_PATCH = (1, 4)
@@ -114,6 +115,50 @@ def test_positions_are_added_to_keys_only() -> None:
         out = model(same)
         model.pos.copy_(torch.randn_like(model.pos))
         torch.testing.assert_close(model(same), out)
+
+
+def test_attention_entropy_is_log_n_for_uniform_maps_and_zero_for_one_hot() -> None:
+    uniform = torch.full((2, 3, 36), 1 / 36)
+    torch.testing.assert_close(attention_entropy(uniform), torch.tensor(np.log(36), dtype=torch.float32))
+    torch.testing.assert_close(attention_entropy(torch.eye(36)[None]), torch.tensor(0.0))
+
+
+def test_forward_returns_the_maps_that_attention_reports() -> None:
+    torch.manual_seed(0)
+    model = AttentionRoutingEncoder(VOXEL_QUERY, 2, GRID, WIDTH, heads=4).eval()
+    x = toy_world(5, 0)[0]
+    pred, maps = model(x, return_attention=True)
+    torch.testing.assert_close(pred, model(x))
+    torch.testing.assert_close(maps.unflatten(-1, GRID), model.attention(x))
+
+
+def test_entropy_prior_sharpens_the_content_query_maps() -> None:
+    x, y, _, _ = toy_world(300, 0)
+    x_val, y_val, _, _ = toy_world(100, 1)
+    entropy = {}
+    for weight in (0.0, 0.3):
+        torch.manual_seed(0)
+        model = AttentionRoutingEncoder(VOXEL_QUERY, 2, GRID, WIDTH, heads=2, dropout=0.0, content_queries=[0])
+        cfg = TrainConfig(epochs=6, lr=3e-3, attention_entropy=weight, entropy_start=0)
+        model, _, _ = fit(model, x, torch.from_numpy(y), x_val, y_val, cfg)
+        entropy[weight] = attention_entropy(model.attention(x_val)[:, 0].flatten(1)).item()
+    assert entropy[0.3] < entropy[0.0] - 0.1, entropy
+
+
+def test_early_stopping_selects_only_epochs_trained_with_the_prior() -> None:
+    x, y, _, _ = toy_world(300, 0)
+    x_val, y_val, _, _ = toy_world(100, 1)
+    torch.manual_seed(0)
+    model = AttentionRoutingEncoder(VOXEL_QUERY, 2, GRID, WIDTH, heads=2, content_queries=[0])
+    cfg = TrainConfig(epochs=5, lr=3e-3, patience=5, attention_entropy=0.1, entropy_start=3)
+    # Validation targets anti-correlated with training: val r falls as the model learns, so plain early stopping
+    # would keep epoch 0.
+    _, r, history = fit(model, x, torch.from_numpy(y), x_val, -y_val, cfg)
+    val = [h["val_r"] for h in history]
+    assert val[0] > max(val[3:])
+    assert r.mean() == pytest.approx(max(val[3:]))
+    with pytest.raises(BrainattError, match="entropy_start"):
+        fit(model, x, torch.from_numpy(y), x_val, y_val, TrainConfig(epochs=3, attention_entropy=0.1, entropy_start=3))
 
 
 def test_ensemble_weights_are_a_per_voxel_softmax_summing_to_one() -> None:

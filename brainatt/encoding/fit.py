@@ -64,6 +64,8 @@ def _split(section: dict[str, Any], encoder: str) -> tuple[dict[str, Any], Train
     unknown = set(section) - set(ARCH_KEYS[encoder]) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise BrainattError(f"encoding.{encoder}: unknown settings {sorted(unknown)}")
+    if encoder != "transformer" and section.get("attention_entropy"):
+        raise BrainattError(f"encoding.{encoder}: attention_entropy needs attention maps (transformer only)")
     arch = {k: v for k, v in section.items() if k in ARCH_KEYS[encoder]}
     train = TrainConfig(**{k: v for k, v in section.items() if k not in ARCH_KEYS[encoder]})
     return arch, train
@@ -74,7 +76,8 @@ def build_model(encoder: str, arch: dict[str, Any], sub: SubjectData, grid: tupl
     names, index = assign_queries(sub, arch.get("queries", arch.get("maps", "roi")))
     if encoder == "transformer":
         kw = {k: arch[k] for k in ("width", "depth", "heads", "ff", "dropout") if k in arch}
-        return AttentionRoutingEncoder(index, len(names), grid, width, **kw), names
+        content = np.unique(index[sub.family == "category"])
+        return AttentionRoutingEncoder(index, len(names), grid, width, content_queries=content, **kw), names
     return FactorizedEncoder(index, len(names), grid, width), names
 
 

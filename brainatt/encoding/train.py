@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from brainatt.encoding.metrics import pearson_r
+from brainatt.encoding.transformer import attention_entropy
+from brainatt.io import BrainattError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ class TrainConfig:
     clip: float = 0.1
     lr_drop: int = 16
     patience: int = 8
+    attention_entropy: float = 0.0
+    entropy_start: int = 16
     seed: int = 0
 
 
@@ -64,14 +68,18 @@ def fit(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_drop, gamma=0.5)
     best_r, best_state, best_val, stale, history = -np.inf, None, None, 0, []
+    start = cfg.entropy_start if cfg.attention_entropy else 0
+    if start >= cfg.epochs:
+        raise BrainattError(f"entropy_start {start} leaves no epoch of the {cfg.epochs} to select from")
     for epoch in range(cfg.epochs):
         t0 = time.time()
+        prior = epoch >= start
         model.train()
         order = torch.randperm(len(x_fit), generator=gen)
         total = 0.0
         for i in range(0, len(order), cfg.batch):
             idx = order[i : i + cfg.batch]
-            loss = nn.functional.mse_loss(model(x_fit[idx].to(device)), y_fit[idx].to(device))
+            loss = _loss(model, x_fit[idx].to(device), y_fit[idx].to(device), cfg.attention_entropy if prior else 0.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -80,15 +88,17 @@ def fit(
         sched.step()
         r_val = pearson_r(y_val, predict(model, x_val))
         mean_r = float(r_val.mean())
-        history.append({"epoch": epoch, "train_mse": total / len(order), "val_r": mean_r, "s": time.time() - t0})
+        history.append({"epoch": epoch, "train_loss": total / len(order), "val_r": mean_r, "s": time.time() - t0})
         log.info(
-            "%s epoch %d: train mse %.4f, val r %.4f (%.1f s)",
+            "%s epoch %d: train loss %.4f, val r %.4f (%.1f s)",
             desc,
             epoch,
             total / len(order),
             mean_r,
             time.time() - t0,
         )
+        if not prior:  # select only models trained under the full objective
+            continue
         if mean_r > best_r:
             best_r, best_state, best_val, stale = mean_r, copy.deepcopy(model.state_dict()), r_val, 0
         else:
@@ -97,6 +107,14 @@ def fit(
                 break
     model.load_state_dict(best_state)
     return model.eval(), best_val, history
+
+
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, entropy_weight: float) -> torch.Tensor:
+    """MSE, plus ``entropy_weight`` × the mean entropy of the content-ROI queries' attention maps."""
+    if not entropy_weight:
+        return nn.functional.mse_loss(model(x), y)
+    pred, maps = model(x, return_attention=True)
+    return nn.functional.mse_loss(pred, y) + entropy_weight * attention_entropy(maps[:, model.content_queries])
 
 
 def ensemble_weights(val_r: np.ndarray, temperature: float) -> np.ndarray:

@@ -62,9 +62,10 @@ class CrossAttentionLayer(nn.Module):
         q = self._split(self.q(self.norm_q(t) + query_embed))
         k = self._split(self.k(memory + pos))
         v = self._split(self.v(memory))
-        if need_weights:  # explicit softmax only when maps are asked for; training takes the fused SDPA path
+        if need_weights:  # explicit softmax only when maps are asked for; otherwise the fused SDPA path
             w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-            a, weights = w @ v, w.mean(1)
+            a = nn.functional.dropout(w, self.attn_dropout, self.training) @ v
+            weights = w.mean(1)
         else:
             p = self.attn_dropout if self.training else 0.0
             a, weights = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=p), None
@@ -84,6 +85,7 @@ class AttentionRoutingEncoder(nn.Module):
     width : decoder width; the reference model has none of its own (width = token width, no input projection),
         which is the default. Another width adds a linear projection of the tokens.
     depth, heads, ff, dropout : decoder size.
+    content_queries : indices of the queries of content (category) ROIs, the ones `attention_entropy` regularises.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class AttentionRoutingEncoder(nn.Module):
         heads: int = 8,
         ff: int = 512,
         dropout: float = 0.1,
+        content_queries: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         width = width or token_width
@@ -107,6 +110,8 @@ class AttentionRoutingEncoder(nn.Module):
         self.layers = nn.ModuleList(CrossAttentionLayer(width, heads, ff, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.readout = VoxelReadout(voxel_query, width)
+        content = np.zeros(0, np.int64) if content_queries is None else np.asarray(content_queries, np.int64)
+        self.register_buffer("content_queries", torch.from_numpy(content), persistent=False)
         for layer in self.layers:
             for p in layer.parameters():
                 if p.dim() > 1:
@@ -120,11 +125,20 @@ class AttentionRoutingEncoder(nn.Module):
             t, weights = layer(t, self.query_embed, memory, self.pos, need_weights)
         return self.norm(t), weights
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.readout(self.decode(tokens)[0])
+    def forward(
+        self, tokens: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Responses ``(B, V)``; with ``return_attention`` also the head-averaged maps ``(B, Q, gh·gw)``."""
+        t, weights = self.decode(tokens, need_weights=return_attention)
+        return (self.readout(t), weights) if return_attention else self.readout(t)
 
     @torch.no_grad()
     def attention(self, tokens: torch.Tensor) -> torch.Tensor:
         """Last layer's cross-attention per query, averaged over heads: ``(B, Q, gh, gw)``, sums to 1 per map."""
         _, weights = self.decode(tokens, need_weights=True)
         return weights.unflatten(-1, self.grid)
+
+
+def attention_entropy(maps: torch.Tensor) -> torch.Tensor:
+    """Mean Shannon entropy (nats) of attention maps ``(..., tokens)`` that each sum to 1."""
+    return -(maps * torch.log(maps.clamp_min(1e-12))).sum(-1).mean()
