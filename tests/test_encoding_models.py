@@ -9,6 +9,8 @@ attention bumps at this width, and it learns it slowly; nsd-synth's smoother pRF
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -159,6 +161,12 @@ def test_early_stopping_selects_only_epochs_trained_with_the_prior() -> None:
     assert r.mean() == pytest.approx(max(val[3:]))
     with pytest.raises(BrainattError, match="entropy_start"):
         fit(model, x, torch.from_numpy(y), x_val, y_val, TrainConfig(epochs=3, attention_entropy=0.1, entropy_start=3))
+    with pytest.raises(BrainattError, match="attention model"):
+        fit(FactorizedEncoder(VOXEL_QUERY, 2, GRID, WIDTH), x, torch.from_numpy(y), x_val, y_val, cfg)
+    # A subject without category voxels has no content queries: the prior has nothing to act on.
+    no_content = AttentionRoutingEncoder(VOXEL_QUERY, 2, GRID, WIDTH, heads=2)
+    _, r, _ = fit(no_content, x, torch.from_numpy(y), x_val, y_val, dataclasses.replace(cfg, entropy_start=0))
+    assert np.isfinite(r).all()
 
 
 def test_ensemble_weights_are_a_per_voxel_softmax_summing_to_one() -> None:

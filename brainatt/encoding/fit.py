@@ -64,8 +64,6 @@ def _split(section: dict[str, Any], encoder: str) -> tuple[dict[str, Any], Train
     unknown = set(section) - set(ARCH_KEYS[encoder]) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise BrainattError(f"encoding.{encoder}: unknown settings {sorted(unknown)}")
-    if encoder != "transformer" and section.get("attention_entropy"):
-        raise BrainattError(f"encoding.{encoder}: attention_entropy needs attention maps (transformer only)")
     arch = {k: v for k, v in section.items() if k in ARCH_KEYS[encoder]}
     train = TrainConfig(**{k: v for k, v in section.items() if k not in ARCH_KEYS[encoder]})
     return arch, train

@@ -8,6 +8,10 @@ had not converged after 15 epochs (subj01 val r 0.44 vs 0.48 at 2e-3). The rate 
 patience 8 and at most 48 epochs: halving every 8 of at most 24 stopped every model at the cap, still improving,
 and the slower schedule (runs stop at epochs 28-33) gave the best mean validation r of the four schedules tried,
 +0.004-0.008 validation r on retinotopic voxels and more attention on the target objects (bench/RESULTS.md).
+
+Optional attention-entropy prior (``attention_entropy``, transformer only): from ``entropy_start`` the loss adds
+the weight times the mean entropy of the content-ROI queries' head-averaged maps, and early stopping selects only
+from that epoch on. MSE alone leaves the maps under-determined (docs/encoding.md); the prior picks sharper ones.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ def fit(
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_drop, gamma=0.5)
     best_r, best_state, best_val, stale, history = -np.inf, None, None, 0, []
     start = cfg.entropy_start if cfg.attention_entropy else 0
+    if cfg.attention_entropy and not hasattr(model, "content_queries"):
+        raise BrainattError(f"attention_entropy needs an attention model; {type(model).__name__} has no queries")
     if start >= cfg.epochs:
         raise BrainattError(f"entropy_start {start} leaves no epoch of the {cfg.epochs} to select from")
     for epoch in range(cfg.epochs):
@@ -110,8 +116,8 @@ def fit(
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, entropy_weight: float) -> torch.Tensor:
-    """MSE, plus ``entropy_weight`` × the mean entropy of the content-ROI queries' attention maps."""
-    if not entropy_weight:
+    """MSE, plus ``entropy_weight`` × the mean entropy of the content-ROI queries' attention maps (if any)."""
+    if not entropy_weight or not len(model.content_queries):
         return nn.functional.mse_loss(model(x), y)
     pred, maps = model(x, return_attention=True)
     return nn.functional.mse_loss(pred, y) + entropy_weight * attention_entropy(maps[:, model.content_queries])
