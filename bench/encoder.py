@@ -206,6 +206,7 @@ def child_gpu_size(args: argparse.Namespace) -> None:
         "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else machine(versions()).split(",")[0],
         "params": sum(p.numel() for p in model.parameters()),
+        "heads": model.layers[0].heads,
     }
     if args.backbone_steps:
         from transformers import Dinov2Config, Dinov2Model
@@ -342,8 +343,8 @@ def gpu_section(args: argparse.Namespace) -> str:
         f"problem: random tokens 31×31×768 float16 for {args.n:,} training + {max(1, args.n // 10):,} validation "
         f"images in CPU memory (as `fit` gets them from `FeatureCache`), {args.queries} queries, "
         f"{args.voxels:,} voxels, batch {args.batch}, `AttentionRoutingEncoder` defaults (width 768, depth 1, "
-        f"8 heads, ff 512; {res['params']:,} parameters), `fit` with `TrainConfig` defaults otherwise; the random "
-        f"data took {res['make_s']:.1f} s to make (not timed)",
+        f"{res['heads']} heads, ff 512; {res['params']:,} parameters), `fit` with `TrainConfig` defaults otherwise; "
+        f"the random data took {res['make_s']:.1f} s to make (not timed)",
         "epochs s: one epoch of `fit` each (steps + validation predictions); validation s: `predict` on the "
         "validation tokens once more after training; train only = median epoch − validation s",
     ]

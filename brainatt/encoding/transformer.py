@@ -96,7 +96,7 @@ class AttentionRoutingEncoder(nn.Module):
         token_width: int,
         width: int | None = None,
         depth: int = 1,
-        heads: int = 8,
+        heads: int = 16,
         ff: int = 512,
         dropout: float = 0.1,
         content_queries: np.ndarray | None = None,
