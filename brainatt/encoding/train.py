@@ -80,12 +80,13 @@ def fit(
     for epoch in range(cfg.epochs):
         t0 = time.time()
         prior = epoch >= start
+        entropy_weight = cfg.attention_entropy if prior else 0.0
         model.train()
         order = torch.randperm(len(x_fit), generator=gen)
         total = 0.0
         for i in range(0, len(order), cfg.batch):
             idx = order[i : i + cfg.batch]
-            loss = _loss(model, x_fit[idx].to(device), y_fit[idx].to(device), cfg.attention_entropy if prior else 0.0)
+            loss = _loss(model, x_fit[idx].to(device), y_fit[idx].to(device), entropy_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
