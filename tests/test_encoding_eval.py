@@ -105,8 +105,11 @@ def test_truth_is_aligned_by_voxel_coordinates(tmp_path: Path) -> None:
 SPEC = WorldSpec(n_subjects=1, n_train=30, n_shared=10, image_size=32, trials_per_session=40)
 
 
-def _routing_world(tmp_path: Path, face_maps, v1_maps) -> tuple[pd.DataFrame, np.ndarray]:
-    """A ground-truth folder for SPEC's scenes, attention maps from the given functions of the face masks."""
+def _routing_world(tmp_path: Path, face_maps, v1_maps, head_mean=None) -> tuple[pd.DataFrame, np.ndarray]:
+    """A ground-truth folder for SPEC's scenes, attention maps from the given functions of the face masks.
+
+    ``head_mean``, if given, makes the plain head-mean maps of both queries from the face masks.
+    """
     gt = tmp_path / "ground_truth"
     gt.mkdir(exist_ok=True)
     scenes, _ = world_scenes(SPEC)
@@ -128,6 +131,8 @@ def _routing_world(tmp_path: Path, face_maps, v1_maps) -> tuple[pd.DataFrame, np
         f["queries"] = np.array([b"lh.FFA-1", b"lh.V1v"])
         f["nsd_ids"] = ids
         f["maps"] = np.stack([face_maps(faces), v1_maps(faces)]).astype(np.float16)
+        if head_mean:
+            f["maps_head_mean"] = np.stack([head_mean(faces)] * 2).astype(np.float16)
         f.attrs["grid"] = list(GRID)
     scores = pd.DataFrame({"roi": ["FFA-1", "FFA-1", "V1v", "V1v"], "hemi": ["lh"] * 4})
     return routing_scores(tmp_path / "attention.h5", scores, gt, "subj01").set_index("query"), faces
@@ -151,7 +156,7 @@ def test_routing_scores_recover_planted_routing(tmp_path: Path) -> None:
         out[:, 0, 3] = 1
         return out
 
-    table, faces = _routing_world(tmp_path, on_faces, corner)
+    table, faces = _routing_world(tmp_path, on_faces, corner, head_mean=lambda m: np.full(m.shape, 1 / 16))
     share = faces[faces.any((1, 2))].mean((1, 2)).mean()
     assert table.loc["lh.FFA-1", "truth"] == "face"
     assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(1 / share, rel=1e-3)
@@ -159,6 +164,9 @@ def test_routing_scores_recover_planted_routing(tmp_path: Path) -> None:
     assert table.loc["lh.FFA-1", "peak_chance"] == pytest.approx(share)
     assert table.loc["lh.V1v", "distance"] == pytest.approx(np.hypot(0.125, 0.025), abs=1e-3)
     assert table.loc["lh.V1v", "distance"] < table.loc["lh.V1v", "distance_uniform"]
+    # the reference's head-mean maps, scored beside: here uniform
+    assert table.loc["lh.FFA-1", "mass_ratio_head_mean"] == pytest.approx(1.0, rel=1e-3)
+    assert table.loc["lh.V1v", "distance_head_mean"] == pytest.approx(table.loc["lh.V1v", "distance_uniform"], abs=1e-3)
 
 
 def test_truth_routes_to_its_objects_and_attention_equal_to_it_scores_the_same(tmp_path: Path) -> None:
@@ -177,6 +185,7 @@ def test_routing_scores_give_no_credit_to_uniform_attention(tmp_path: Path) -> N
     table, _ = _routing_world(tmp_path, lambda m: np.full(m.shape, 1 / 16), lambda m: np.full(m.shape, 1 / 16))
     assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(1.0, rel=1e-3)
     assert table.loc["lh.V1v", "distance"] == pytest.approx(table.loc["lh.V1v", "distance_uniform"], abs=1e-3)
+    assert "mass_ratio_head_mean" not in table  # an attention.h5 with one set of maps
 
 
 def test_routing_scores_give_no_credit_to_attention_beside_the_object(tmp_path: Path) -> None:

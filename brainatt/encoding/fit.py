@@ -7,7 +7,8 @@ Encoders:
 - ``ridge_tokens``: `RidgeCV` on the same patch tokens the transformer sees (flattened, PCA-reduced with the
   PCA fit on training images only), per layer, each voxel keeping the layer with the best CV score.
 Outputs: ``model.safetensors`` + ``model.json``, ``test_pred.h5``, ``voxel_scores.tsv`` and, for the
-transformer, ``attention.h5`` (test-image attention maps per query, ensemble mean).
+transformer, ``attention.h5`` (test-image attention maps per query, ensemble mean; heads weighted by their
+mean-ablation importance on the validation images, and the reference's plain head mean beside them).
 """
 
 from __future__ import annotations
@@ -101,13 +102,22 @@ def _fit_torch(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: Encodin
             val_r.append(r)
             state.update({f"member{m}.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
             if encoder == "transformer":
-                maps = [model.attention(x_test[i : i + 256].to(device)).cpu() for i in range(0, len(x_test), 256)]
-                attention.append(torch.cat(maps))
+                importance = model.head_importance(x[val_idx])  # validation images: the test set stays unseen
+                attention.append({"importance": importance, **_test_maps(model, x_test, importance, device)})
     weights = ensemble_weights(np.stack(val_r), cfg.ensemble_temperature)
     pred = np.einsum("mv,mnv->nv", weights, np.stack(preds))
     state["ensemble_weights"] = torch.from_numpy(weights.astype(np.float32))
     info = {"arch": arch, "train": dataclasses.asdict(train), "members": members, "queries": queries}
     return {"pred": pred, "state": state, "info": info, "attention": attention}
+
+
+def _test_maps(model: AttentionRoutingEncoder, x_test: torch.Tensor, importance: torch.Tensor, device: str) -> dict:
+    """Test-image maps ``(N, Q, gh, gw)``: heads weighted by importance, and the reference's plain head mean."""
+    chunks = [x_test[i : i + 256].to(device) for i in range(0, len(x_test), 256)]
+    return {
+        "weighted": torch.cat([model.attention(x, importance).cpu() for x in chunks]),
+        "head_mean": torch.cat([model.attention(x).cpu() for x in chunks]),
+    }
 
 
 def _token_matrix(cache: FeatureCache, layer: int, ids: np.ndarray) -> np.ndarray:
@@ -142,6 +152,25 @@ def _fit_ridge(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: Encodin
     state["chosen_input"] = torch.from_numpy(best.astype(np.int64))
     info["chosen_input"] = {name: int((best == i).sum()) for i, name in enumerate(inputs)}
     return {"pred": pred, "state": state, "info": info, "attention": []}
+
+
+def _write_attention(path: Path, result: dict, nsd_ids: np.ndarray, grid: tuple[int, int], config: dict) -> None:
+    """Ensemble-mean test maps (as the reference, a plain mean over members), both head weightings."""
+    members = result["attention"]
+
+    def ensemble(key: str) -> np.ndarray:
+        return torch.stack([m[key] for m in members]).mean(0).permute(1, 0, 2, 3).numpy().astype(np.float16)
+
+    with atomic_h5(path, config, "cross-attention weights of the last layer (sum to 1 per map)") as f:
+        f["queries"] = np.array(result["info"]["queries"], dtype="S")
+        f["nsd_ids"] = nsd_ids
+        f["maps"] = ensemble("weighted")
+        f["maps"].attrs["description"] = "(query, image, gh, gw): heads weighted by head_importance"
+        f["maps_head_mean"] = ensemble("head_mean")
+        f["maps_head_mean"].attrs["description"] = "(query, image, gh, gw): plain mean over heads (the reference's)"
+        f["head_importance"] = torch.stack([m["importance"] for m in members]).numpy().astype(np.float32)
+        f["head_importance"].attrs["description"] = "(member, head, query): mean-ablation share, validation images"
+        f.attrs["grid"] = list(grid)
 
 
 def fit_encoder(
@@ -180,12 +209,7 @@ def fit_encoder(
             f["nsd_ids"] = sub.test_ids
             f["pred"] = pred
         if result["attention"]:
-            maps = torch.stack(result["attention"]).mean(0).permute(1, 0, 2, 3)  # (Q, N, gh, gw)
-            with atomic_h5(tmp / "attention.h5", config, "cross-attention weights (sum to 1 per map)") as f:
-                f["queries"] = np.array(result["info"]["queries"], dtype="S")
-                f["nsd_ids"] = sub.test_ids
-                f["maps"] = maps.numpy().astype(np.float16)
-                f.attrs["grid"] = list(cache.grid)
+            _write_attention(tmp / "attention.h5", result, sub.test_ids, cache.grid, config)
         scores.to_csv(tmp / "voxel_scores.tsv", sep="\t", index=False, float_format="%.5g")
     ok = scores["nc"] >= NC_MIN
     log.info(

@@ -16,6 +16,9 @@ For each query of the transformer, the ground truth says what its voxels do (the
 - a **retinotopic** query should look where its voxels' pRFs are: ``distance`` between the attention centroid
   (mean over test images) and the mean true pRF centre, in image widths; ``distance_uniform`` is the same for
   a uniform map (the image centre), the score to beat.
+
+The maps scored are ``attention.h5``'s ``maps`` (heads weighted by their importance to the query's voxels);
+``mass_ratio_head_mean`` and ``distance_head_mean`` score the reference's plain head mean, where present.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ def routing_scores(
         queries = f["queries"][()].astype(str)
         nsd_ids = f["nsd_ids"][()]
         maps = f["maps"][()].astype(np.float64)
+        head_mean = f["maps_head_mean"][()].astype(np.float64) if "maps_head_mean" in f else None
         grid = tuple(int(v) for v in f.attrs["grid"])
     with h5py.File(gt / f"{subject}.h5", "r") as f:
         kind = f["kind"][()].astype(str)
@@ -135,6 +139,8 @@ def routing_scores(
                     peak_chance=chance,
                     truth_mass_ratio=truth_mass[has].mean() / chance,
                 )
+                if head_mean is not None:
+                    row["mass_ratio_head_mean"] = (head_mean[q] * masks).sum((1, 2))[has].mean() / chance
             if small.any():
                 row.update(n_small=int(small.sum()), mass_ratio_small=mass[small].mean() / share[small].mean())
         elif truth.startswith(("V", "hV")):
@@ -150,5 +156,8 @@ def routing_scores(
                 distance=float(np.hypot(cx - tx, cy - ty)),
                 distance_uniform=float(np.hypot(0.5 - tx, 0.5 - ty)),
             )
+            if head_mean is not None:
+                hx, hy = (head_mean[q] * x).sum((1, 2)).mean(), (head_mean[q] * y).sum((1, 2)).mean()
+                row["distance_head_mean"] = float(np.hypot(hx - tx, hy - ty))
         rows.append(row)
     return pd.DataFrame(rows)

@@ -56,22 +56,29 @@ class CrossAttentionLayer(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, H, L, d)
 
-    def forward(
+    def attend(
         self, t: torch.Tensor, query_embed: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, need_weights: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each head's attention output ``(B, H, Q, d)`` and, if asked, its maps ``(B, H, Q, tokens)``."""
         q = self._split(self.q(self.norm_q(t) + query_embed))
         k = self._split(self.k(memory + pos))
         v = self._split(self.v(memory))
         if need_weights:  # explicit softmax only when maps are asked for; otherwise the fused SDPA path
             w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-            a = nn.functional.dropout(w, self.attn_dropout, self.training) @ v
-            weights = w.mean(1)
-        else:
-            p = self.attn_dropout if self.training else 0.0
-            a, weights = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=p), None
-        t = t + self.dropout(self.out(a.transpose(1, 2).flatten(2)))
-        t = t + self.dropout(self.ff(self.norm_ff(t)))
-        return t, weights
+            return nn.functional.dropout(w, self.attn_dropout, self.training) @ v, w
+        p = self.attn_dropout if self.training else 0.0
+        return nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=p), None
+
+    def mix(self, t: torch.Tensor, heads_out: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs through the output projection, then the FFN, each added to the residual ``t``."""
+        t = t + self.dropout(self.out(heads_out.transpose(1, 2).flatten(2)))
+        return t + self.dropout(self.ff(self.norm_ff(t)))
+
+    def forward(
+        self, t: torch.Tensor, query_embed: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        heads_out, weights = self.attend(t, query_embed, memory, pos, need_weights)
+        return self.mix(t, heads_out), weights
 
 
 class AttentionRoutingEncoder(nn.Module):
@@ -117,26 +124,72 @@ class AttentionRoutingEncoder(nn.Module):
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
 
-    def decode(self, tokens: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _last_heads(
+        self, tokens: torch.Tensor, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The last layer's input ``t``, its heads' outputs and (if asked) their maps ``(B, H, Q, tokens)``."""
         memory = self.project(tokens.flatten(1, 2).float())
         t = torch.zeros(memory.shape[0], *self.query_embed.shape, device=memory.device)
-        weights = None
-        for layer in self.layers:
-            t, weights = layer(t, self.query_embed, memory, self.pos, need_weights)
-        return self.norm(t), weights
+        for layer in self.layers[:-1]:
+            t, _ = layer(t, self.query_embed, memory, self.pos, False)
+        heads_out, weights = self.layers[-1].attend(t, self.query_embed, memory, self.pos, need_weights)
+        return t, heads_out, weights
+
+    def _respond(self, t: torch.Tensor, heads_out: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.norm(self.layers[-1].mix(t, heads_out)))
 
     def forward(
         self, tokens: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Responses ``(B, V)``; with ``return_attention`` also the head-averaged maps ``(B, Q, gh·gw)``."""
-        t, weights = self.decode(tokens, need_weights=return_attention)
-        return (self.readout(t), weights) if return_attention else self.readout(t)
+        t, heads_out, weights = self._last_heads(tokens, need_weights=return_attention)
+        pred = self._respond(t, heads_out)
+        return (pred, weights.mean(1)) if return_attention else pred
 
     @torch.no_grad()
-    def attention(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Last layer's cross-attention per query, averaged over heads: ``(B, Q, gh, gw)``, sums to 1 per map."""
-        _, weights = self.decode(tokens, need_weights=True)
-        return weights.unflatten(-1, self.grid)
+    def attention(self, tokens: torch.Tensor, head_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Last layer's cross-attention per query: ``(B, Q, gh, gw)``, sums to 1 per map.
+
+        Heads are averaged (the reference's maps), or weighted by ``head_weights`` ``(H, Q)`` whose columns sum to
+        1, such as `head_importance`.
+        """
+        _, _, weights = self._last_heads(tokens, need_weights=True)
+        if head_weights is None:
+            maps = weights.mean(1)
+        else:
+            maps = torch.einsum("bhqn,hq->bqn", weights, head_weights.to(weights))
+        return maps.unflatten(-1, self.grid)
+
+    @torch.no_grad()
+    def head_importance(self, tokens: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        """``(H, Q)``: each last-layer head's share of the image-driven signal it sends to each query's voxels.
+
+        Mean ablation: head h's output is replaced by its mean over ``tokens``, for every query at once (queries do
+        not interact), and its importance for query q is the mean squared change in the predictions of q's voxels.
+        Columns are normalised to sum to 1; a query whose voxels no head moves gets uniform weights. No responses
+        are used, so any images will do; `fit_encoder` uses the validation images. The reference averages its
+        maps over heads, which gives as much say to a head that carries nothing to a query's voxels as to the one
+        that carries most of it.
+        """
+        self.eval()
+        device = self.query_embed.device
+        chunks = [tokens[i : i + batch].to(device) for i in range(0, len(tokens), batch)]
+        mean_out = sum(self._last_heads(x, False)[1].sum(0) for x in chunks) / len(tokens)  # (H, Q, d)
+        heads = mean_out.shape[0]
+        change = torch.zeros(heads, self.readout.weight.shape[0], device=device)
+        for x in chunks:
+            t, heads_out, _ = self._last_heads(x, False)
+            pred = self._respond(t, heads_out)
+            for h in range(heads):
+                ablated = heads_out.clone()
+                ablated[:, h] = mean_out[h]
+                change[h] += ((self._respond(t, ablated) - pred) ** 2).sum(0)
+        n_queries = self.query_embed.shape[0]
+        query = self.readout.voxel_query
+        per_query = torch.zeros(heads, n_queries, device=device).index_add_(1, query, change)
+        per_query /= torch.bincount(query, minlength=n_queries).clamp_min(1)
+        total = per_query.sum(0, keepdim=True)
+        return torch.where(total > 0, per_query / total.clamp_min(1e-30), 1 / heads).cpu()
 
 
 def attention_entropy(maps: torch.Tensor) -> torch.Tensor:
