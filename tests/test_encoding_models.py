@@ -143,9 +143,11 @@ def test_head_importance_gives_no_weight_to_a_head_that_sends_nothing() -> None:
         model.layers[-1].out.weight[:, WIDTH // 2 :] = 0  # head 1's output never reaches the voxels
     importance = model.head_importance(x, batch=16)
     torch.testing.assert_close(importance, torch.tensor([[1.0, 1.0, 0.5], [0.0, 0.0, 0.5]]))
-    _, _, per_head = model._last_heads(x, need_weights=True)
-    torch.testing.assert_close(model.attention(x, importance)[:, :2], per_head[:, 0, :2].unflatten(-1, GRID))
+    torch.testing.assert_close(model.attention(x, importance)[:, :2], model.head_maps(x)[:, 0, :2])
     torch.testing.assert_close(model.attention(x, torch.full((2, 3), 0.5)), model.attention(x))
+    model.train()
+    model.head_importance(x)
+    assert model.training  # the analysis runs without dropout and leaves the mode as it was
 
 
 def test_weighting_heads_by_importance_sharpens_routing_onto_the_object() -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -94,9 +95,12 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path: Path) -> None:
     assert set(encoding.subject) == {"subj01", "subj02"}
     assert encoding.loc[encoding.roi == "all", "r_truth"].notna().all()
     routing = pd.read_csv(tmp_path / "results/tables/routing.tsv", sep="\t")
-    assert {"query", "truth", "mass_ratio"} <= set(routing.columns)
+    assert {"query", "truth", "mass_ratio", "mass_ratio_head_mean"} <= set(routing.columns)
     with h5py.File(tmp_path / "results/encoding/subj01/transformer/attention.h5") as f:
         assert f["maps"].shape[1:] == (12, 4, 4)  # 12 test images, 32 px / patch 8
+        assert f["maps_head_mean"].shape == f["maps"].shape
+        importance = f["head_importance"][()]  # (members, heads, queries): each query's weights sum to 1
+        assert importance.shape[:2] == (1, 4) and np.allclose(importance.sum(1), 1, atol=1e-5)
     for subject in ("subj01", "subj02"):
         for figure in ("encoding_brain_maps.png", "encoding_voxel_scatter.png", "encoding_attention.png"):
             assert (tmp_path / f"results/figures/{subject}/{figure}").stat().st_size > 1000

@@ -111,13 +111,16 @@ def _fit_torch(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: Encodin
     return {"pred": pred, "state": state, "info": info, "attention": attention}
 
 
-def _test_maps(model: AttentionRoutingEncoder, x_test: torch.Tensor, importance: torch.Tensor, device: str) -> dict:
+def _test_maps(
+    model: AttentionRoutingEncoder, x_test: torch.Tensor, importance: torch.Tensor, device: str
+) -> dict[str, torch.Tensor]:
     """Test-image maps ``(N, Q, gh, gw)``: heads weighted by importance, and the reference's plain head mean."""
-    chunks = [x_test[i : i + 256].to(device) for i in range(0, len(x_test), 256)]
-    return {
-        "weighted": torch.cat([model.attention(x, importance).cpu() for x in chunks]),
-        "head_mean": torch.cat([model.attention(x).cpu() for x in chunks]),
-    }
+    maps: dict[str, list[torch.Tensor]] = {"weighted": [], "head_mean": []}
+    for i in range(0, len(x_test), 256):  # chunks: per-head maps of all test images could take gigabytes
+        x = x_test[i : i + 256].to(device)
+        maps["weighted"].append(model.attention(x, importance).cpu())
+        maps["head_mean"].append(model.attention(x).cpu())
+    return {k: torch.cat(v) for k, v in maps.items()}
 
 
 def _token_matrix(cache: FeatureCache, layer: int, ids: np.ndarray) -> np.ndarray:

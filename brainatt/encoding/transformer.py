@@ -10,6 +10,8 @@ with its own linear weights (`VoxelReadout`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -146,6 +148,23 @@ class AttentionRoutingEncoder(nn.Module):
         pred = self._respond(t, heads_out)
         return (pred, weights.mean(1)) if return_attention else pred
 
+    @contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """Eval mode (no dropout) for the analysis methods, then back to the mode the model was in."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def head_maps(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Last layer's cross-attention per head and query: ``(B, H, Q, gh, gw)``, sums to 1 per map."""
+        with self._evaluating():
+            _, _, weights = self._last_heads(tokens, need_weights=True)
+        return weights.unflatten(-1, self.grid)
+
     @torch.no_grad()
     def attention(self, tokens: torch.Tensor, head_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Last layer's cross-attention per query: ``(B, Q, gh, gw)``, sums to 1 per map.
@@ -153,41 +172,40 @@ class AttentionRoutingEncoder(nn.Module):
         Heads are averaged (the reference's maps), or weighted by ``head_weights`` ``(H, Q)`` whose columns sum to
         1, such as `head_importance`.
         """
-        _, _, weights = self._last_heads(tokens, need_weights=True)
+        maps = self.head_maps(tokens)
         if head_weights is None:
-            maps = weights.mean(1)
-        else:
-            maps = torch.einsum("bhqn,hq->bqn", weights, head_weights.to(weights))
-        return maps.unflatten(-1, self.grid)
+            return maps.mean(1)
+        return torch.einsum("bhqyx,hq->bqyx", maps, head_weights.to(maps))
 
     @torch.no_grad()
     def head_importance(self, tokens: torch.Tensor, batch: int = 256) -> torch.Tensor:
         """``(H, Q)``: each last-layer head's share of the image-driven signal it sends to each query's voxels.
 
         Mean ablation: head h's output is replaced by its mean over ``tokens``, for every query at once (queries do
-        not interact), and its importance for query q is the mean squared change in the predictions of q's voxels.
-        Columns are normalised to sum to 1; a query whose voxels no head moves gets uniform weights. No responses
-        are used, so any images will do; `fit_encoder` uses the validation images. The reference averages its
-        maps over heads, which gives as much say to a head that carries nothing to a query's voxels as to the one
-        that carries most of it.
+        not interact), and its importance for query q is the squared change this makes to the predictions of q's
+        voxels, summed over images and voxels. Columns are normalised to sum to 1; a query whose voxels no head
+        moves gets uniform weights. No responses are used, so any images will do; `fit_encoder` uses the
+        validation images. The reference averages its maps over heads, which gives as much say to a head that
+        carries nothing to a query's voxels as to the one that carries most of it.
         """
-        self.eval()
+        if not len(tokens):
+            raise ValueError("head_importance needs at least one image")
         device = self.query_embed.device
-        chunks = [tokens[i : i + batch].to(device) for i in range(0, len(tokens), batch)]
-        mean_out = sum(self._last_heads(x, False)[1].sum(0) for x in chunks) / len(tokens)  # (H, Q, d)
-        heads = mean_out.shape[0]
-        change = torch.zeros(heads, self.readout.weight.shape[0], device=device)
-        for x in chunks:
-            t, heads_out, _ = self._last_heads(x, False)
-            pred = self._respond(t, heads_out)
-            for h in range(heads):
-                ablated = heads_out.clone()
-                ablated[:, h] = mean_out[h]
-                change[h] += ((self._respond(t, ablated) - pred) ** 2).sum(0)
-        n_queries = self.query_embed.shape[0]
-        query = self.readout.voxel_query
-        per_query = torch.zeros(heads, n_queries, device=device).index_add_(1, query, change)
-        per_query /= torch.bincount(query, minlength=n_queries).clamp_min(1)
+        starts = range(0, len(tokens), batch)
+        with self._evaluating():
+            mean_out = sum(self._last_heads(tokens[i : i + batch].to(device), False)[1].sum(0) for i in starts)
+            mean_out = mean_out / len(tokens)  # (H, Q, d)
+            heads = mean_out.shape[0]
+            change = torch.zeros(heads, self.readout.weight.shape[0], device=device)
+            for i in starts:
+                t, heads_out, _ = self._last_heads(tokens[i : i + batch].to(device), False)
+                pred = self._respond(t, heads_out)
+                for h in range(heads):
+                    ablated = heads_out.clone()
+                    ablated[:, h] = mean_out[h]
+                    change[h] += ((self._respond(t, ablated) - pred) ** 2).sum(0)
+        per_query = torch.zeros(heads, self.query_embed.shape[0], device=device)
+        per_query.index_add_(1, self.readout.voxel_query, change)
         total = per_query.sum(0, keepdim=True)
         return torch.where(total > 0, per_query / total.clamp_min(1e-30), 1 / heads).cpu()
 
