@@ -46,14 +46,20 @@ def toy_world(n: int, seed: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray, 
 VOXEL_QUERY = np.repeat([0, 1], 20)
 
 
-@pytest.fixture(scope="module")
-def trained() -> tuple[AttentionRoutingEncoder, torch.Tensor, np.ndarray, np.ndarray]:
+def train_on_toy_world(heads: int) -> tuple[AttentionRoutingEncoder, torch.Tensor]:
+    """A transformer with ``heads`` heads fitted to the toy world (seed 0), and its validation tokens."""
     torch.manual_seed(0)
     x, y, _, _ = toy_world(900, 0)
     x_val, y_val, _, _ = toy_world(200, 1)
-    model = AttentionRoutingEncoder(VOXEL_QUERY, 2, GRID, WIDTH, heads=1, ff=64, dropout=0.0)
+    model = AttentionRoutingEncoder(VOXEL_QUERY, 2, GRID, WIDTH, heads=heads, ff=64, dropout=0.0)
     cfg = TrainConfig(epochs=30, batch=32, lr=3e-3, patience=30, lr_drop=15)
     model, _, _ = fit(model, x, torch.from_numpy(y), x_val, y_val, cfg)
+    return model, x_val
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[AttentionRoutingEncoder, torch.Tensor, np.ndarray, np.ndarray]:
+    model, _ = train_on_toy_world(heads=1)
     x_test, _, clean, where = toy_world(300, 2)
     return model, x_test, clean, where
 
@@ -151,12 +157,7 @@ def test_head_importance_gives_no_weight_to_a_head_that_sends_nothing() -> None:
 
 
 def test_weighting_heads_by_importance_sharpens_routing_onto_the_object() -> None:
-    torch.manual_seed(0)
-    x, y, _, _ = toy_world(900, 0)
-    x_val, y_val, _, _ = toy_world(200, 1)
-    model = AttentionRoutingEncoder(VOXEL_QUERY, 2, GRID, WIDTH, heads=4, ff=64, dropout=0.0)
-    cfg = TrainConfig(epochs=30, batch=32, lr=3e-3, patience=30, lr_drop=15)
-    model, _, _ = fit(model, x, torch.from_numpy(y), x_val, y_val, cfg)
+    model, x_val = train_on_toy_world(heads=4)
     x_test, _, _, where = toy_world(300, 2)
     on_object = {}
     for name, weights in (("head mean", None), ("importance", model.head_importance(x_val))):
