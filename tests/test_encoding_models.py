@@ -140,10 +140,11 @@ def test_forward_returns_the_maps_that_attention_reports() -> None:
     torch.testing.assert_close(maps.unflatten(-1, GRID), model.attention(x))
 
 
-def test_head_importance_gives_no_weight_to_a_head_that_sends_nothing() -> None:
+@pytest.mark.parametrize("depth", [1, 2])  # with 2 layers, the last layer's heads are the ones weighed
+def test_head_importance_gives_no_weight_to_a_head_that_sends_nothing(depth: int) -> None:
     torch.manual_seed(0)
     # a third query without voxels: nothing to explain, so its heads share the weight equally
-    model = AttentionRoutingEncoder(VOXEL_QUERY, 3, GRID, WIDTH, heads=2, dropout=0.0).eval()
+    model = AttentionRoutingEncoder(VOXEL_QUERY, 3, GRID, WIDTH, depth=depth, heads=2, dropout=0.0).eval()
     x = toy_world(50, 0)[0]
     with torch.no_grad():
         model.layers[-1].out.weight[:, WIDTH // 2 :] = 0  # head 1's output never reaches the voxels
