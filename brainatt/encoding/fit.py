@@ -31,7 +31,7 @@ from brainatt.encoding.evaluate import NC_MIN, load_truth, voxel_scores
 from brainatt.encoding.factorized import FactorizedEncoder
 from brainatt.encoding.ridge import RidgeCV
 from brainatt.encoding.train import TrainConfig, ensemble_weights, fit, predict
-from brainatt.encoding.transformer import AttentionRoutingEncoder
+from brainatt.encoding.transformer import AttentionRoutingEncoder, combine_heads
 from brainatt.features.cache import FeatureCache, default_device
 from brainatt.io import BrainattError, atomic_h5, atomic_path
 
@@ -117,9 +117,9 @@ def _test_maps(
     """Test-image maps ``(N, Q, gh, gw)``: heads weighted by importance, and the reference's plain head mean."""
     maps: dict[str, list[torch.Tensor]] = {"weighted": [], "head_mean": []}
     for i in range(0, len(x_test), 256):  # chunks: per-head maps of all test images could take gigabytes
-        x = x_test[i : i + 256].to(device)
-        maps["weighted"].append(model.attention(x, importance).cpu())
-        maps["head_mean"].append(model.attention(x).cpu())
+        per_head = model.head_maps(x_test[i : i + 256].to(device)).cpu()
+        maps["weighted"].append(combine_heads(per_head, importance))
+        maps["head_mean"].append(combine_heads(per_head))
     return {k: torch.cat(v) for k, v in maps.items()}
 
 

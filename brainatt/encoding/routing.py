@@ -69,6 +69,11 @@ def _render_scenes(ground_truth: Path, nsd_ids: np.ndarray, grid: tuple[int, int
     return np.stack(images), np.stack(covers)
 
 
+def _centroid(maps: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Mean over images of the attention centroid of ``maps`` ``(N, gh, gw)``, in image widths."""
+    return (maps * x).sum((1, 2)).mean(), (maps * y).sum((1, 2)).mean()
+
+
 def _masks_from_cover(cover: np.ndarray) -> np.ndarray:
     peak = cover.max((-2, -1), keepdims=True)
     # A small object may cover no cell by COVER: it then owns its best-covered cell.
@@ -144,7 +149,7 @@ def routing_scores(
             if small.any():
                 row.update(n_small=int(small.sum()), mass_ratio_small=mass[small].mean() / share[small].mean())
         elif truth.startswith(("V", "hV")):
-            cx, cy = (a * x).sum((1, 2)).mean(), (a * y).sum((1, 2)).mean()
+            cx, cy = _centroid(a, x, y)
             tx, ty = prf_x[voxels].mean(), prf_y[voxels].mean()
             row.update(
                 family="retinotopic",
@@ -157,7 +162,7 @@ def routing_scores(
                 distance_uniform=float(np.hypot(0.5 - tx, 0.5 - ty)),
             )
             if head_mean is not None:
-                hx, hy = (head_mean[q] * x).sum((1, 2)).mean(), (head_mean[q] * y).sum((1, 2)).mean()
+                hx, hy = _centroid(head_mean[q], x, y)
                 row["distance_head_mean"] = float(np.hypot(hx - tx, hy - ty))
         rows.append(row)
     return pd.DataFrame(rows)

@@ -146,7 +146,7 @@ class AttentionRoutingEncoder(nn.Module):
         """Responses ``(B, V)``; with ``return_attention`` also the head-averaged maps ``(B, Q, gh·gw)``."""
         t, heads_out, weights = self._last_heads(tokens, need_weights=return_attention)
         pred = self._respond(t, heads_out)
-        return (pred, weights.mean(1)) if return_attention else pred
+        return (pred, combine_heads(weights)) if return_attention else pred
 
     @contextmanager
     def _evaluating(self) -> Iterator[None]:
@@ -172,10 +172,7 @@ class AttentionRoutingEncoder(nn.Module):
         Heads are averaged (the reference's maps), or weighted by ``head_weights`` ``(H, Q)`` whose columns sum to
         1, such as `head_importance`.
         """
-        maps = self.head_maps(tokens)
-        if head_weights is None:
-            return maps.mean(1)
-        return torch.einsum("bhqyx,hq->bqyx", maps, head_weights.to(maps))
+        return combine_heads(self.head_maps(tokens), head_weights)
 
     @torch.no_grad()
     def head_importance(self, tokens: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -192,7 +189,7 @@ class AttentionRoutingEncoder(nn.Module):
             raise ValueError("head_importance needs at least one image")
         device = self.query_embed.device
         starts = range(0, len(tokens), batch)
-        with self._evaluating():
+        with self._evaluating():  # two passes over the chunks, so memory stays bounded by one chunk
             mean_out = sum(self._last_heads(tokens[i : i + batch].to(device), False)[1].sum(0) for i in starts)
             mean_out = mean_out / len(tokens)  # (H, Q, d)
             heads = mean_out.shape[0]
@@ -208,6 +205,13 @@ class AttentionRoutingEncoder(nn.Module):
         per_query.index_add_(1, self.readout.voxel_query, change)
         total = per_query.sum(0, keepdim=True)
         return torch.where(total > 0, per_query / total.clamp_min(1e-30), 1 / heads).cpu()
+
+
+def combine_heads(maps: torch.Tensor, head_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-head maps ``(B, H, Q, ...)`` → ``(B, Q, ...)``: the plain head mean, or weighted by ``(H, Q)``."""
+    if head_weights is None:
+        return maps.mean(1)
+    return torch.einsum("bhq...,hq->bq...", maps, head_weights.to(maps))
 
 
 def attention_entropy(maps: torch.Tensor) -> torch.Tensor:
