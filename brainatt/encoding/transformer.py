@@ -169,21 +169,22 @@ class AttentionRoutingEncoder(nn.Module):
     def attention(self, tokens: torch.Tensor, head_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Last layer's cross-attention per query: ``(B, Q, gh, gw)``, sums to 1 per map.
 
-        Heads are averaged (the reference's maps), or weighted by ``head_weights`` ``(H, Q)`` whose columns sum to
-        1, such as `head_importance`.
+        Heads are averaged (the reference's maps), or weighted by ``head_weights``, ``(B, H, Q)`` per image such as
+        `head_importance`, or ``(H, Q)`` for all images, summing to 1 over heads.
         """
         return combine_heads(self.head_maps(tokens), head_weights)
 
     @torch.no_grad()
     def head_importance(self, tokens: torch.Tensor, batch: int = 256) -> torch.Tensor:
-        """``(H, Q)``: each last-layer head's share of the image-driven signal it sends to each query's voxels.
+        """``(B, H, Q)``: each last-layer head's share of what each image sends to each query's voxels.
 
         Mean ablation: head h's output is replaced by its mean over ``tokens``, for every query at once (queries do
-        not interact), and its importance for query q is the squared change this makes to the predictions of q's
-        voxels, summed over images and voxels. Columns are normalised to sum to 1; a query whose voxels no head
-        moves gets uniform weights. No responses are used, so any images will do; `fit_encoder` uses the
-        validation images. The reference averages its maps over heads, which gives as much say to a head that
-        carries nothing to a query's voxels as to the one that carries most of it.
+        not interact), and its importance for query q in an image is the squared change this makes to that image's
+        predictions of q's voxels, summed over them. Each image's weights for a query sum to 1 over heads; where no
+        head moves them they are uniform. Per image, because which head carries a query's signal depends on what
+        the image holds (a head that finds words says nothing in an image without any). No responses are used, so
+        any images will do, the test images included. The reference averages its maps over heads, which gives as
+        much say to a head that carries nothing to a query's voxels as to the one that carries most of it.
         """
         if not len(tokens):
             raise ValueError("head_importance needs at least one image")
@@ -192,26 +193,28 @@ class AttentionRoutingEncoder(nn.Module):
         with self._evaluating():  # two passes over the chunks, so memory stays bounded by one chunk
             mean_out = sum(self._last_heads(tokens[i : i + batch].to(device), False)[1].sum(0) for i in starts)
             mean_out = mean_out / len(tokens)  # (H, Q, d)
-            heads = mean_out.shape[0]
-            change = torch.zeros(heads, self.readout.weight.shape[0], device=device)
+            heads, n_queries = mean_out.shape[:2]
+            change = torch.zeros(len(tokens), heads, n_queries)
             for i in starts:
                 t, heads_out, _ = self._last_heads(tokens[i : i + batch].to(device), False)
                 pred = self._respond(t, heads_out)
                 for h in range(heads):
                     ablated = heads_out.clone()
                     ablated[:, h] = mean_out[h]
-                    change[h] += ((self._respond(t, ablated) - pred) ** 2).sum(0)
-        per_query = torch.zeros(heads, self.query_embed.shape[0], device=device)
-        per_query.index_add_(1, self.readout.voxel_query, change)
-        total = per_query.sum(0, keepdim=True)
-        return torch.where(total > 0, per_query / total.clamp_min(1e-30), 1 / heads).cpu()
+                    squared = (self._respond(t, ablated) - pred) ** 2  # (b, V)
+                    per_query = torch.zeros(len(squared), n_queries, device=device)
+                    change[i : i + batch, h] = per_query.index_add_(1, self.readout.voxel_query, squared).cpu()
+        total = change.sum(1, keepdim=True)
+        return torch.where(total > 0, change / total.clamp_min(1e-30), 1 / heads)
 
 
 def combine_heads(maps: torch.Tensor, head_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-head maps ``(B, H, Q, ...)`` → ``(B, Q, ...)``: the plain head mean, or weighted by ``(H, Q)``."""
+    """Per-head maps ``(B, H, Q, ...)`` → ``(B, Q, ...)``: the plain head mean, or weighted by ``(B, H, Q)`` or
+    ``(H, Q)``."""
     if head_weights is None:
         return maps.mean(1)
-    return torch.einsum("bhq...,hq->bq...", maps, head_weights.to(maps))
+    weights = head_weights.to(maps)
+    return (maps * weights.reshape(*weights.shape, *[1] * (maps.dim() - 3))).sum(1)
 
 
 def attention_entropy(maps: torch.Tensor) -> torch.Tensor:
