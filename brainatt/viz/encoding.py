@@ -454,7 +454,8 @@ def attention_figure(
             ax.set_axis_off()
     fig.suptitle(
         "Cross-attention of each ROI query: its mean map over the test images, then its top predicted test images\n"
-        "(colour: attention in multiples of uniform, per ROI; heads weighted by their importance to the ROI's voxels)",
+        "(colour: attention in multiples of uniform, per ROI; heads weighted in each image by their importance to the "
+        "ROI's voxels)",
         fontsize=9,
     )
     return fig, pd.DataFrame(panels)
