@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from brainatt.encoding.factorized import FactorizedEncoder
+from brainatt.encoding.fit import _test_maps
 from brainatt.encoding.metrics import pearson_r
 from brainatt.encoding.readout import VoxelReadout
 from brainatt.encoding.ridge import RidgeCV
 from brainatt.encoding.train import TrainConfig, ensemble_weights, fit, predict
-from brainatt.encoding.transformer import AttentionRoutingEncoder, attention_entropy, sine_positions
+from brainatt.encoding.transformer import AttentionRoutingEncoder, attention_entropy, combine_heads, sine_positions
 from brainatt.io import BrainattError
 
 GRID, WIDTH = (6, 6), 32
@@ -29,6 +30,7 @@ RETINO_PATCH = (1, 4)
 
 
 def toy_world(n: int, seed: int, kinds: int = 1) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    assert kinds in (1, 2)
     rng = np.random.default_rng(seed)
     tokens = rng.normal(0, 1, (n, *GRID, WIDTH)).astype(np.float32)
     obj = np.zeros(WIDTH, np.float32)
@@ -159,6 +161,32 @@ def test_head_importance_gives_no_weight_to_a_head_that_sends_nothing(depth: int
     model.train()
     model.head_importance(x)
     assert model.training  # the analysis runs without dropout and leaves the mode as it was
+
+
+def test_head_importance_is_per_image_and_does_not_depend_on_chunks_or_company() -> None:
+    torch.manual_seed(0)
+    model = AttentionRoutingEncoder(VOXEL_QUERY, 2, GRID, WIDTH, heads=4)
+    x, x_ref = toy_world(20, 0)[0], toy_world(30, 1)[0]
+    importance = model.head_importance(x, reference=x_ref)
+    assert not torch.allclose(importance[0], importance[1], atol=1e-3)  # each image its own weights
+    torch.testing.assert_close(model.head_importance(x, reference=x_ref, batch=7), importance)
+    # With a fixed reference an image's weights do not depend on the other images scored beside it.
+    torch.testing.assert_close(model.head_importance(x[3:4], reference=x_ref), importance[3:4])
+    chunked, whole = _test_maps(model, x, x_ref, chunk=7), _test_maps(model, x, x_ref)
+    for key in whole:
+        torch.testing.assert_close(chunked[key], whole[key])
+    torch.testing.assert_close(whole["weighted"], model.attention(x, importance))
+
+
+def test_combine_heads_weighs_each_image_or_all_images_alike() -> None:
+    maps, per_image, all_images = torch.rand(3, 4, 2, 6, 6), torch.rand(3, 4, 2), torch.rand(4, 2)
+    torch.testing.assert_close(combine_heads(maps, per_image), torch.einsum("bhqxy,bhq->bqxy", maps, per_image))
+    flat = maps.flatten(3)
+    torch.testing.assert_close(combine_heads(flat, all_images), torch.einsum("bhqn,hq->bqn", flat, all_images))
+    with pytest.raises(ValueError, match="do not fit"):
+        combine_heads(maps, all_images.T)
+    with pytest.raises(ValueError, match="do not fit"):
+        combine_heads(maps, per_image[:2])
 
 
 def _on_object(maps: torch.Tensor, where: np.ndarray) -> float:

@@ -7,8 +7,9 @@ Encoders:
 - ``ridge_tokens``: `RidgeCV` on the same patch tokens the transformer sees (flattened, PCA-reduced with the
   PCA fit on training images only), per layer, each voxel keeping the layer with the best CV score.
 Outputs: ``model.safetensors`` + ``model.json``, ``test_pred.h5``, ``voxel_scores.tsv`` and, for the
-transformer, ``attention.h5`` (test-image attention maps per query, ensemble mean; heads weighted by their
-mean-ablation importance on the validation images, and the reference's plain head mean beside them).
+transformer, ``attention.h5`` (test-image attention maps per query, ensemble mean; heads weighted in each image by
+their mean-ablation importance, the validation images giving the ablation's mean, and the reference's plain head
+mean beside them).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def _fit_torch(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: Encodin
             val_r.append(r)
             state.update({f"member{m}.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
             if encoder == "transformer":
-                attention.append(_test_maps(model, x_test, device))
+                attention.append(_test_maps(model, x_test, x[val_idx]))
     weights = ensemble_weights(np.stack(val_r), cfg.ensemble_temperature)
     pred = np.einsum("mv,mnv->nv", weights, np.stack(preds))
     state["ensemble_weights"] = torch.from_numpy(weights.astype(np.float32))
@@ -110,17 +111,19 @@ def _fit_torch(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: Encodin
     return {"pred": pred, "state": state, "info": info, "attention": attention}
 
 
-def _test_maps(model: AttentionRoutingEncoder, x_test: torch.Tensor, device: str) -> dict[str, torch.Tensor]:
-    """Test-image maps ``(N, Q, gh, gw)``, heads weighted by their importance in each image and the reference's
-    plain head mean, and the importance ``(H, Q)`` averaged over the images. Only the model's predictions are used,
-    never the test responses."""
-    importance = model.head_importance(x_test)
+def _test_maps(
+    model: AttentionRoutingEncoder, x_test: torch.Tensor, x_val: torch.Tensor, chunk: int = 256
+) -> dict[str, torch.Tensor]:
+    """Test-image maps ``(N, Q, gh, gw)``, heads weighted by their importance in each image (ablated to their mean
+    over the validation images) and the reference's plain head mean, and the importance ``(N, H, Q)``. Only the
+    model's predictions are used, never the test responses."""
+    importance = model.head_importance(x_test, reference=x_val, batch=chunk)
     maps: dict[str, list[torch.Tensor]] = {"weighted": [], "head_mean": []}
-    for i in range(0, len(x_test), 256):  # chunks: per-head maps of all test images could take gigabytes
-        per_head = model.head_maps(x_test[i : i + 256].to(device)).cpu()
-        maps["weighted"].append(combine_heads(per_head, importance[i : i + 256]))
+    for i in range(0, len(x_test), chunk):  # chunks: per-head maps of all test images could take gigabytes
+        per_head = model.head_maps(x_test[i : i + chunk]).cpu()
+        maps["weighted"].append(combine_heads(per_head, importance[i : i + chunk]))
         maps["head_mean"].append(combine_heads(per_head))
-    return {"importance": importance.mean(0), **{k: torch.cat(v) for k, v in maps.items()}}
+    return {"importance": importance, **{k: torch.cat(v) for k, v in maps.items()}}
 
 
 def _token_matrix(cache: FeatureCache, layer: int, ids: np.ndarray) -> np.ndarray:
@@ -168,11 +171,11 @@ def _write_attention(path: Path, result: dict, nsd_ids: np.ndarray, grid: tuple[
         f["queries"] = np.array(result["info"]["queries"], dtype="S")
         f["nsd_ids"] = nsd_ids
         f["maps"] = ensemble("weighted")
-        f["maps"].attrs["description"] = "(query, image, gh, gw): heads weighted by head_importance, per image"
+        f["maps"].attrs["description"] = "(query, image, gh, gw): each image's heads weighted by head_importance"
         f["maps_head_mean"] = ensemble("head_mean")
         f["maps_head_mean"].attrs["description"] = "(query, image, gh, gw): plain mean over heads (the reference's)"
-        f["head_importance"] = torch.stack([m["importance"] for m in members]).numpy().astype(np.float32)
-        f["head_importance"].attrs["description"] = "(member, head, query): mean-ablation share, mean over test images"
+        f["head_importance"] = torch.stack([m["importance"] for m in members]).numpy().astype(np.float16)
+        f["head_importance"].attrs["description"] = "(member, image, head, query): mean-ablation share per image"
         f.attrs["grid"] = list(grid)
 
 

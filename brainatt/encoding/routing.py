@@ -17,8 +17,8 @@ For each query of the transformer, the ground truth says what its voxels do (the
   (mean over test images) and the mean true pRF centre, in image widths; ``distance_uniform`` is the same for
   a uniform map (the image centre), the score to beat.
 
-The maps scored are ``attention.h5``'s ``maps`` (heads weighted by their importance to the query's voxels);
-``mass_ratio_head_mean`` and ``distance_head_mean`` score the reference's plain head mean, where present.
+The maps scored are ``attention.h5``'s ``maps`` (heads weighted in each image by their importance to the query's
+voxels); ``mass_ratio_head_mean`` and ``distance_head_mean`` score the reference's plain head mean, where present.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ class AttentionRoutingEncoder(nn.Module):
         self, tokens: torch.Tensor, need_weights: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The last layer's input ``t``, its heads' outputs and (if asked) their maps ``(B, H, Q, tokens)``."""
-        memory = self.project(tokens.flatten(1, 2).float())
+        memory = self.project(tokens.to(self.query_embed.device).flatten(1, 2).float())
         t = torch.zeros(memory.shape[0], *self.query_embed.shape, device=memory.device)
         for layer in self.layers[:-1]:
             t, _ = layer(t, self.query_embed, memory, self.pos, False)
@@ -175,46 +175,51 @@ class AttentionRoutingEncoder(nn.Module):
         return combine_heads(self.head_maps(tokens), head_weights)
 
     @torch.no_grad()
-    def head_importance(self, tokens: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    def head_importance(
+        self, tokens: torch.Tensor, reference: torch.Tensor | None = None, batch: int = 256
+    ) -> torch.Tensor:
         """``(B, H, Q)``: each last-layer head's share of what each image sends to each query's voxels.
 
-        Mean ablation: head h's output is replaced by its mean over ``tokens``, for every query at once (queries do
-        not interact), and its importance for query q in an image is the squared change this makes to that image's
-        predictions of q's voxels, summed over them. Each image's weights for a query sum to 1 over heads; where no
-        head moves them they are uniform. Per image, because which head carries a query's signal depends on what
-        the image holds (a head that finds words says nothing in an image without any). No responses are used, so
-        any images will do, the test images included. The reference averages its maps over heads, which gives as
-        much say to a head that carries nothing to a query's voxels as to the one that carries most of it.
+        Mean ablation: head h's output is replaced by its mean over the ``reference`` images (default: ``tokens``),
+        for every query at once (queries do not interact), and its importance for query q in an image is the
+        squared change this makes to that image's predictions of q's voxels, summed over them. Each image's weights
+        for a query sum to 1 over heads; where no head moves them they are uniform. Per image, because which head
+        carries a query's signal depends on what the image holds (a head that finds words says nothing in an image
+        without any). No responses are used. With a fixed reference (`fit_encoder` uses the validation images) an
+        image's weights depend only on the model and that image. The reference averages its maps over heads, which
+        gives as much say to a head that carries nothing to a query's voxels as to the one that carries most of it.
         """
-        if not len(tokens):
-            raise ValueError("head_importance needs at least one image")
-        device = self.query_embed.device
-        starts = range(0, len(tokens), batch)
-        with self._evaluating():  # two passes over the chunks, so memory stays bounded by one chunk
-            mean_out = sum(self._last_heads(tokens[i : i + batch].to(device), False)[1].sum(0) for i in starts)
-            mean_out = mean_out / len(tokens)  # (H, Q, d)
+        reference = tokens if reference is None else reference
+        if not len(tokens) or not len(reference):
+            raise ValueError("head_importance needs at least one image and one reference image")
+        with self._evaluating():  # chunks, so memory stays bounded by one chunk
+            chunks = range(0, len(reference), batch)
+            mean_out = sum(self._last_heads(reference[i : i + batch], False)[1].sum(0) for i in chunks)
+            mean_out = mean_out / len(reference)  # (H, Q, d)
             heads, n_queries = mean_out.shape[:2]
             change = torch.zeros(len(tokens), heads, n_queries)
-            for i in starts:
-                t, heads_out, _ = self._last_heads(tokens[i : i + batch].to(device), False)
+            for i in range(0, len(tokens), batch):
+                t, heads_out, _ = self._last_heads(tokens[i : i + batch], False)
                 pred = self._respond(t, heads_out)
                 for h in range(heads):
                     ablated = heads_out.clone()
                     ablated[:, h] = mean_out[h]
                     squared = (self._respond(t, ablated) - pred) ** 2  # (b, V)
-                    per_query = torch.zeros(len(squared), n_queries, device=device)
+                    per_query = torch.zeros(len(squared), n_queries, device=squared.device)
                     change[i : i + batch, h] = per_query.index_add_(1, self.readout.voxel_query, squared).cpu()
         total = change.sum(1, keepdim=True)
         return torch.where(total > 0, change / total.clamp_min(1e-30), 1 / heads)
 
 
 def combine_heads(maps: torch.Tensor, head_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-head maps ``(B, H, Q, ...)`` → ``(B, Q, ...)``: the plain head mean, or weighted by ``(B, H, Q)`` or
-    ``(H, Q)``."""
+    """Per-head maps ``(B, H, Q, ...)`` → ``(B, Q, ...)``: the plain head mean, or weighted by ``(B, H, Q)`` (per
+    image) or ``(H, Q)`` (all images)."""
     if head_weights is None:
         return maps.mean(1)
-    weights = head_weights.to(maps)
-    return (maps * weights.reshape(*weights.shape, *[1] * (maps.dim() - 3))).sum(1)
+    w = head_weights
+    if w.dim() not in (2, 3) or w.shape[-2:] != maps.shape[1:3] or (w.dim() == 3 and len(w) != len(maps)):
+        raise ValueError(f"head weights {tuple(w.shape)} do not fit maps {tuple(maps.shape)}: need (B, H, Q) or (H, Q)")
+    return (maps * w.to(maps)[(..., *(None,) * (maps.dim() - 3))]).sum(1)
 
 
 def attention_entropy(maps: torch.Tensor) -> torch.Tensor:
