@@ -1,0 +1,156 @@
+"""How to combine the transformer's attention heads into one map per ROI query, compared on a demo's validation images.
+
+Not a timing: the science check behind `AttentionRoutingEncoder.head_importance`, reproducible from a finished
+``make demo`` (``results/``). Per subject it rebuilds the transformer's ensemble members from ``model.safetensors``
+and ``model.json``, takes the pipeline's validation images (training images the fit held out; the test images
+stay as ``routing.tsv`` scored them), and computes each member's last-layer per-head maps and per-image head
+importance (the ablation's mean over these same images). The heads are combined five ways, averaged over members
+as the pipeline does, and scored by `routing.routing_scores`, the function that writes ``routing.tsv``:
+
+- ``head mean``: the reference's maps;
+- ``one weighting``: each query's per-image weights averaged over the images, the same weights for every image;
+- ``per image``: what ``attention.h5``'s ``maps`` hold;
+- ``per image, shuffled``: each image gets another image's weights (a fixed permutation): the same weights, not
+  this image's;
+- ``per image, other queries``: a category query's heads weighted by the weights of each query of another
+  category (same image, same member), then averaged: this image's weights, not this query's.
+
+If the per-image weights find the heads that carry each image's response of each query, ``per image`` beats all
+four; if they merely pick whichever head looks at the image's most salient object, ``other queries`` scores as
+well as ``per image``. The table replaces the "Head weightings" subsection of the encoding section of RESULTS.md.
+
+    python bench/routing.py                  # after make demo; --no-record prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from common import code_version, record
+from safetensors.torch import load_file
+
+from brainatt.encoding.data import load_subject, validation_split
+from brainatt.encoding.fit import build_model
+from brainatt.encoding.routing import routing_scores
+from brainatt.encoding.transformer import combine_heads
+from brainatt.features.cache import FeatureCache
+
+WEIGHTINGS = ("head mean", "one weighting", "per image", "per image, shuffled", "per image, other queries")
+CATEGORY_KINDS = ("face", "body", "food", "word")
+
+
+def member_maps(results: Path, subject: str, cache: FeatureCache) -> tuple[list[str], np.ndarray, dict[str, list]]:
+    """Validation-image maps ``(Q, N, gh, gw)`` of every member, per weighting (other queries left for later)."""
+    folder = results / "encoding" / subject / "transformer"
+    info = json.loads((folder / "model.json").read_text())
+    state = load_file(folder / "model.safetensors")
+    sub = load_subject(results / "prep" / subject / "responses.h5")
+    _, val_idx = validation_split(len(sub.train_ids), info["encoding"]["val_fraction"], info["encoding"]["split_seed"])
+    ids = sub.train_ids[val_idx]
+    shuffle = np.random.default_rng(0).permutation(len(ids))
+    maps: dict[str, list] = {name: [] for name in WEIGHTINGS}
+    for m, member in enumerate(info["members"]):
+        x = torch.from_numpy(cache.tokens(member["layer"], ids))
+        model, queries = build_model("transformer", info["arch"], sub, cache.grid, x.shape[-1])
+        prefix = f"member{m}."
+        model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        per_head, importance = model.head_maps(x), model.head_importance(x)
+        maps["head mean"].append(combine_heads(per_head))
+        maps["one weighting"].append(combine_heads(per_head, importance.mean(0)))
+        maps["per image"].append(combine_heads(per_head, importance))
+        maps["per image, shuffled"].append(combine_heads(per_head, importance[shuffle]))
+        maps["per image, other queries"].append((per_head, importance))
+    return queries, ids, maps
+
+
+def score(maps: np.ndarray, queries: list[str], ids: np.ndarray, scores: pd.DataFrame, truth: Path, subject: str):
+    """`routing_scores` of maps ``(Q, N, gh, gw)`` on images ``ids``, through a temporary attention file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "attention.h5"
+        with h5py.File(path, "w") as f:
+            f["queries"] = np.array(queries, dtype="S")
+            f["nsd_ids"] = ids
+            f["maps"] = maps
+            f.attrs["grid"] = list(maps.shape[-2:])
+        return routing_scores(path, scores, truth, subject)
+
+
+def subject_rows(results: Path, subject: str, cache: FeatureCache) -> pd.DataFrame:
+    queries, ids, maps = member_maps(results, subject, cache)
+    scores = pd.read_csv(results / "encoding" / subject / "transformer" / "voxel_scores.tsv", sep="\t")
+    truth = results / "nsd-synth" / "ground_truth"
+
+    def ensemble(per_member: list[torch.Tensor]) -> np.ndarray:
+        return torch.stack(per_member).mean(0).transpose(0, 1).double().numpy()
+
+    rows = []
+    for name in WEIGHTINGS[:-1]:
+        rows.append(score(ensemble(maps[name]), queries, ids, scores, truth, subject).assign(weighting=name))
+    kinds = rows[0].set_index("query")["truth"]
+    other = []  # each category query's heads, weighted by each other-category query's weights, then averaged
+    for per_head, importance in maps["per image, other queries"]:
+        combined = combine_heads(per_head, importance)
+        for q, query in enumerate(queries):
+            if kinds[query] in CATEGORY_KINDS:
+                donors = [d for d, k in enumerate(queries) if kinds[k] in CATEGORY_KINDS and kinds[k] != kinds[query]]
+                weights = importance[:, :, donors].mean(-1)  # the donors' weights, averaged: (N, H)
+                combined[:, q] = (per_head[:, :, q] * weights[..., None, None]).sum(1)
+        other.append(combined)
+    rows.append(score(ensemble(other), queries, ids, scores, truth, subject).assign(weighting=WEIGHTINGS[-1]))
+    return pd.concat(rows, ignore_index=True)
+
+
+def section(table: pd.DataFrame, subjects: list[str], results: Path) -> str:
+    cat = table[table["family"] == "category"]
+    ratio = cat.pivot_table("mass_ratio", "weighting", "truth", aggfunc="mean").reindex(WEIGHTINGS)
+    lowest = cat.pivot_table("mass_ratio", "weighting", "truth", aggfunc="min").reindex(WEIGHTINGS)
+    retino = table[table["family"] == "retinotopic"].groupby("weighting")["distance"].mean().reindex(WEIGHTINGS)
+    uniform = table.loc[table["family"] == "retinotopic", "distance_uniform"].mean()
+    own = cat[cat["weighting"] == "per image"].set_index(["subject", "query"])["mass_ratio"]
+    lines = [
+        "### Head weightings of the attention maps (validation images of the demo, `bench/routing.py`)",
+        "",
+        f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; code: {code_version(('brainatt',))}; "
+        f"demo outputs in `{results}` for {', '.join(subjects)};\n  maps averaged over each subject's members, as in "
+        "`attention.h5`",
+        "- category queries: mass ratio on the target objects, mean over queries (lowest); retinotopic queries:\n"
+        f"  centroid distance to the true pRF centre in image widths (uniform map: {uniform:.3f}); per image wins:\n"
+        "  the category queries whose per-image maps score higher than this row's",
+        "",
+        "| weighting | " + " | ".join(CATEGORY_KINDS) + " | retinotopic distance | per image wins |",
+        "|---|" + "---:|" * (len(CATEGORY_KINDS) + 2),
+    ]
+    for name in WEIGHTINGS:
+        cells = [f"{ratio.loc[name, k]:.2f} ({lowest.loc[name, k]:.2f})" for k in CATEGORY_KINDS]
+        other = cat[cat["weighting"] == name].set_index(["subject", "query"])["mass_ratio"]
+        wins = "" if name == "per image" else f"{int((own > other.reindex(own.index)).sum())} / {len(own)}"
+        distance = "—" if name == WEIGHTINGS[-1] else f"{retino[name]:.3f}"  # only category queries re-weighted
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {distance} | {wins} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", type=Path, default=Path("results"), help="a finished demo's results folder")
+    p.add_argument("--features", default="kit-clip.h5", help="feature cache under RESULTS/features")
+    p.add_argument("--subjects", nargs="+", default=["subj01", "subj02", "subj03", "subj04"])
+    p.add_argument("--no-record", action="store_true", help="print the table only; leave RESULTS.md alone")
+    args = p.parse_args()
+    cache = FeatureCache(args.results / "features" / args.features)
+    table = pd.concat([subject_rows(args.results, s, cache) for s in args.subjects], ignore_index=True)
+    text = section(table, args.subjects, args.results)
+    print(text)
+    if not args.no_record:
+        record("## encoding accuracy on the nsd-synth demo", text, subsection="Head weightings of the attention maps")
+
+
+if __name__ == "__main__":
+    main()
