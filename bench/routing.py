@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import tempfile
 from pathlib import Path
 
@@ -35,10 +34,9 @@ import numpy as np
 import pandas as pd
 import torch
 from common import code_version, record
-from safetensors.torch import load_file
 
 from brainatt.encoding.data import load_subject, validation_split
-from brainatt.encoding.fit import build_model
+from brainatt.encoding.fit import load_members
 from brainatt.encoding.routing import routing_scores
 from brainatt.encoding.transformer import combine_heads
 from brainatt.features.cache import FeatureCache
@@ -47,28 +45,43 @@ WEIGHTINGS = ("head mean", "one weighting", "per image", "per image, shuffled", 
 CATEGORY_KINDS = ("face", "body", "food", "word")
 
 
-def member_maps(results: Path, subject: str, cache: FeatureCache) -> tuple[list[str], np.ndarray, dict[str, list]]:
-    """Validation-image maps ``(Q, N, gh, gw)`` of every member, per weighting (other queries left for later)."""
+def subject_rows(results: Path, subject: str, cache: FeatureCache) -> pd.DataFrame:
+    """`routing_scores` rows of every weighting of ``subject``'s validation-image maps."""
     folder = results / "encoding" / subject / "transformer"
-    info = json.loads((folder / "model.json").read_text())
-    state = load_file(folder / "model.safetensors")
     sub = load_subject(results / "prep" / subject / "responses.h5")
+    info, models = load_members(folder, sub, cache.tokens(cache.layers[0], sub.train_ids[:1]).shape[-1])
     _, val_idx = validation_split(len(sub.train_ids), info["encoding"]["val_fraction"], info["encoding"]["split_seed"])
     ids = sub.train_ids[val_idx]
-    shuffle = np.random.default_rng(0).permutation(len(ids))
-    maps: dict[str, list] = {name: [] for name in WEIGHTINGS}
-    for m, member in enumerate(info["members"]):
+    members = []  # per member: per-head maps (N, H, Q, gh, gw) and per-image importance (N, H, Q)
+    for member, model in zip(info["members"], models, strict=True):
         x = torch.from_numpy(cache.tokens(member["layer"], ids))
-        model, queries = build_model("transformer", info["arch"], sub, cache.grid, x.shape[-1])
-        prefix = f"member{m}."
-        model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-        per_head, importance = model.head_maps(x), model.head_importance(x)
-        maps["head mean"].append(combine_heads(per_head))
-        maps["one weighting"].append(combine_heads(per_head, importance.mean(0)))
-        maps["per image"].append(combine_heads(per_head, importance))
-        maps["per image, shuffled"].append(combine_heads(per_head, importance[shuffle]))
-        maps["per image, other queries"].append((per_head, importance))
-    return queries, ids, maps
+        members.append((model.head_maps(x), model.head_importance(x)))
+    shuffle = torch.from_numpy(np.random.default_rng(0).permutation(len(ids)))
+    combine = {
+        "head mean": lambda per_head, w: combine_heads(per_head),
+        "one weighting": lambda per_head, w: combine_heads(per_head, w.mean(0)),
+        "per image": combine_heads,
+        "per image, shuffled": lambda per_head, w: combine_heads(per_head, w[shuffle]),
+    }
+    scores = pd.read_csv(folder / "voxel_scores.tsv", sep="\t")
+    truth = results / "nsd-synth" / "ground_truth"
+
+    def rows(name: str, weigh) -> pd.DataFrame:  # members' maps combined by ``weigh``, averaged as in attention.h5
+        maps = torch.stack([weigh(per_head, w) for per_head, w in members]).mean(0).transpose(0, 1).double()
+        return score(maps.numpy(), info["queries"], ids, scores, truth, subject).assign(weighting=name)
+
+    table = [rows(name, weigh) for name, weigh in combine.items()]
+    kinds = table[0]["truth"].to_numpy()
+    category = np.isin(kinds, CATEGORY_KINDS)
+
+    def other_queries(per_head: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Each category query's heads weighted by the mean weights of the other categories' queries."""
+        donors = torch.from_numpy((category[None, :] & (kinds[None, :] != kinds[:, None])).astype(np.float32))
+        donated = w @ (donors / donors.sum(1, keepdim=True).clamp_min(1)).T  # (N, H, Q)
+        return combine_heads(per_head, torch.where(torch.from_numpy(category), donated, w))
+
+    table.append(rows(WEIGHTINGS[-1], other_queries))
+    return pd.concat(table, ignore_index=True)
 
 
 def score(maps: np.ndarray, queries: list[str], ids: np.ndarray, scores: pd.DataFrame, truth: Path, subject: str):
@@ -81,31 +94,6 @@ def score(maps: np.ndarray, queries: list[str], ids: np.ndarray, scores: pd.Data
             f["maps"] = maps
             f.attrs["grid"] = list(maps.shape[-2:])
         return routing_scores(path, scores, truth, subject)
-
-
-def subject_rows(results: Path, subject: str, cache: FeatureCache) -> pd.DataFrame:
-    queries, ids, maps = member_maps(results, subject, cache)
-    scores = pd.read_csv(results / "encoding" / subject / "transformer" / "voxel_scores.tsv", sep="\t")
-    truth = results / "nsd-synth" / "ground_truth"
-
-    def ensemble(per_member: list[torch.Tensor]) -> np.ndarray:
-        return torch.stack(per_member).mean(0).transpose(0, 1).double().numpy()
-
-    rows = []
-    for name in WEIGHTINGS[:-1]:
-        rows.append(score(ensemble(maps[name]), queries, ids, scores, truth, subject).assign(weighting=name))
-    kinds = rows[0].set_index("query")["truth"]
-    other = []  # each category query's heads, weighted by each other-category query's weights, then averaged
-    for per_head, importance in maps["per image, other queries"]:
-        combined = combine_heads(per_head, importance)
-        for q, query in enumerate(queries):
-            if kinds[query] in CATEGORY_KINDS:
-                donors = [d for d, k in enumerate(queries) if kinds[k] in CATEGORY_KINDS and kinds[k] != kinds[query]]
-                weights = importance[:, :, donors].mean(-1)  # the donors' weights, averaged: (N, H)
-                combined[:, q] = (per_head[:, :, q] * weights[..., None, None]).sum(1)
-        other.append(combined)
-    rows.append(score(ensemble(other), queries, ids, scores, truth, subject).assign(weighting=WEIGHTINGS[-1]))
-    return pd.concat(rows, ignore_index=True)
 
 
 def section(table: pd.DataFrame, subjects: list[str], results: Path) -> str:

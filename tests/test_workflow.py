@@ -11,7 +11,13 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
+
+from brainatt.encoding.data import load_subject
+from brainatt.encoding.fit import load_members
+from brainatt.encoding.train import predict
+from brainatt.features.cache import FeatureCache
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = {
@@ -101,6 +107,15 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path: Path) -> None:
         assert f["maps_head_mean"].shape == f["maps"].shape
         importance = f["head_importance"][()]  # (member, image, head, query): sums to 1 over heads
         assert importance.shape[:3] == (1, 12, 4) and np.allclose(importance.sum(2, dtype=np.float64), 1, atol=5e-3)
+    # The fitted member reloads from its files and reproduces the written test predictions (one member: weight 1).
+    folder = tmp_path / "results/encoding/subj01/transformer"
+    sub = load_subject(tmp_path / "results/prep/subj01/responses.h5")
+    cache = FeatureCache(next((tmp_path / "results/features").glob("*.h5")))
+    x = torch.from_numpy(cache.tokens(cache.layers[0], sub.test_ids))
+    info, models = load_members(folder, sub, x.shape[-1])
+    assert [m["layer"] for m in info["members"]] == cache.layers and len(models) == 1
+    with h5py.File(folder / "test_pred.h5") as f:
+        np.testing.assert_allclose(predict(models[0], x), f["pred"][()], atol=1e-5)
     for subject in ("subj01", "subj02"):
         for figure in ("encoding_brain_maps.png", "encoding_voxel_scatter.png", "encoding_attention.png"):
             assert (tmp_path / f"results/figures/{subject}/{figure}").stat().st_size > 1000

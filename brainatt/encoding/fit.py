@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from sklearn.decomposition import PCA
 
 from brainatt.encoding.data import SubjectData, assign_queries, load_subject, validation_split
@@ -79,6 +79,23 @@ def build_model(encoder: str, arch: dict[str, Any], sub: SubjectData, grid: tupl
         content = np.unique(index[sub.family == "category"])
         return AttentionRoutingEncoder(index, len(names), grid, width, content_queries=content, **kw), names
     return FactorizedEncoder(index, len(names), grid, width), names
+
+
+def load_members(folder: str | Path, sub: SubjectData, width: int) -> tuple[dict[str, Any], list[torch.nn.Module]]:
+    """A fitted torch encoder's ``model.json`` and its ensemble members (eval mode, in ``info["members"]`` order),
+    rebuilt from ``model.safetensors`` as `fit_encoder` writes them; ``width`` is the cached tokens' width."""
+    folder = Path(folder)
+    if not (folder / "model.json").exists():
+        raise BrainattError(f"{folder}: no fitted encoder here: run the encode rule for it")
+    info = json.loads((folder / "model.json").read_text())
+    state = load_file(folder / "model.safetensors")
+    models = []
+    for m in range(len(info["members"])):
+        model, _ = build_model(info["encoder"], info["arch"], sub, tuple(info["grid"]), width)
+        prefix = f"member{m}."
+        model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        models.append(model.eval())
+    return info, models
 
 
 def _fit_torch(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: EncodingConfig, device: str) -> dict:
