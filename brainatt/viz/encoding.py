@@ -409,15 +409,15 @@ def attention_figure(
     rois = list(dict.fromkeys(roi for _, roi in drawn))
     hemis = [h for h in ("lh", "rh") if any(k[0] == h for k in drawn)]
     block = 1 + n_top
-    ratios = ([1.0] * block + [0.12]) * len(hemis)
+    ratios = ([1.0] * block + [0.12]) * len(hemis)  # hemisphere blocks with a gap between them
+    ratios[-1] = 0.1  # the last column holds the colour bars
+    width, height = 1.1 * block * len(hemis) + 1.0, 1.2 * len(rois) + 0.5
     fig, axes = plt.subplots(
-        len(rois),
-        len(ratios) - 1,
-        figsize=(1.1 * block * len(hemis) + 1.0, 1.2 * len(rois) + 0.5),
-        squeeze=False,
-        layout="constrained",
-        gridspec_kw={"width_ratios": ratios[:-1]},
+        len(rois), len(ratios), figsize=(width, height), squeeze=False, gridspec_kw={"width_ratios": ratios}
     )
+    # A fixed grid, not constrained layout: that took 2/3 of this figure's time (~170 panels in the demo).
+    fig.subplots_adjust(left=0.1 / width, right=1 - 0.3 / width, bottom=0.1 / height, top=1 - 0.65 / height,
+                        wspace=0.05, hspace=0.25)  # fmt: skip
     panels = []
     for r, roi in enumerate(rois):
         entries = [(b, drawn.get((h, roi))) for b, h in enumerate(hemis)]
@@ -447,7 +447,7 @@ def attention_figure(
                 ax.set_xticks([])
                 ax.set_yticks([])
         if im is not None:
-            cb = fig.colorbar(im, ax=axes[r, :], shrink=0.85, aspect=10, pad=0.01)
+            cb = fig.colorbar(im, cax=axes[r, -1])
             cb.ax.tick_params(labelsize=6)
     for b in range(len(hemis) - 1):
         for ax in axes[:, (b + 1) * (block + 1) - 1]:
@@ -457,6 +457,8 @@ def attention_figure(
         "(colour: attention in multiples of uniform, per ROI; heads weighted in each image by their importance to the "
         "ROI's voxels)",
         fontsize=9,
+        y=1 - 0.1 / height,
+        va="top",
     )
     return fig, pd.DataFrame(panels)
 
