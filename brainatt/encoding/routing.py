@@ -23,6 +23,7 @@ voxels); ``mass_ratio_head_mean`` and ``distance_head_mean`` score the reference
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from pathlib import Path
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 
 from brainatt.io import BrainattError
-from brainatt.synth.brain import VoxelReadout
+from brainatt.synth.brain import VisualSystem, VoxelReadout
 from brainatt.synth.scenes import CATEGORIES, OBJECT_CATEGORIES, render
 from brainatt.synth.world import WorldSpec, load_brain, visual_features, world_scenes
 
@@ -67,6 +68,16 @@ def _render_scenes(ground_truth: Path, nsd_ids: np.ndarray, grid: tuple[int, int
         images.append(image)
         covers.append(cover)
     return np.stack(images), np.stack(covers)
+
+
+@functools.lru_cache(maxsize=2)
+def _test_scenes(
+    ground_truth: Path, nsd_ids: tuple[int, ...], grid: tuple[int, int]
+) -> tuple[np.ndarray, torch.Tensor]:
+    """The scenes' category covers on the token grid and the visual system's category maps. Every subject is tested
+    on the same shared images and the visual system is the same for all, so the summary computes them once."""
+    images, cover = _render_scenes(ground_truth, np.array(nsd_ids), grid)
+    return cover, visual_features(VisualSystem().eval(), images)[1]
 
 
 def _centroid(maps: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -112,10 +123,9 @@ def routing_scores(
         prf_x, prf_y = f["params/prf_x"][()], f["params/prf_y"][()]
     if len(kind) != len(voxel_scores):
         raise BrainattError(f"{gt / subject}.h5: {len(kind)} voxels but the encoder scored {len(voxel_scores)}")
-    images, cover = _render_scenes(gt, nsd_ids, grid)
+    cover, cats = _test_scenes(gt, tuple(nsd_ids.tolist()), grid)
     objects = _masks_from_cover(cover)
     brain = load_brain(gt, subject)
-    cats = visual_features(brain.visual, images)[1]
     x, y = _grid_centres(grid)
     label = voxel_scores["hemi"].astype(str) + "." + voxel_scores["roi"].astype(str)
     rows = []

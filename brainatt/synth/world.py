@@ -6,6 +6,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -14,10 +15,12 @@ from tqdm import tqdm
 
 from brainatt.io import BrainattError, config_hash, file_hash
 from brainatt.nsd.layout import mask_voxel_ijk
-from brainatt.synth.anatomy import Anatomy, make_anatomy
 from brainatt.synth.brain import SynthBrain, VisualSystem, VoxelParams, VoxelReadout, sample_voxel_params
 from brainatt.synth.detector import DETECTOR_PATH, STRIDE
 from brainatt.synth.scenes import Scene, caption, render_many, sample_scene
+
+if TYPE_CHECKING:
+    from brainatt.synth.anatomy import Anatomy
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +158,8 @@ def world_scenes(spec: WorldSpec) -> tuple[list[Scene], np.random.Generator]:
 
 def build_world(spec: WorldSpec) -> World:
     """Draw everything about the world that does not involve measurement noise."""
+    from brainatt.synth.anatomy import make_anatomy  # imports nilearn's datasets (~3.5 s); only building needs it
+
     torch.manual_seed(spec.seed)
     scenes, rng = world_scenes(spec)
     grid = spec.image_size // STRIDE
