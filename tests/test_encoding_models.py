@@ -112,9 +112,29 @@ def test_grouped_readout_equals_per_voxel_dot_products() -> None:
     expected = (z[:, torch.as_tensor(voxel_query)] * grouped.weight).sum(-1) + grouped.bias
     torch.testing.assert_close(grouped(z), expected)
     per_voxel = VoxelReadout(np.arange(6), 16)
-    assert not per_voxel.grouped
+    assert not per_voxel.grouped and per_voxel.own_queries
     z = torch.randn(4, 6, 16)
     torch.testing.assert_close(per_voxel(z), (z * per_voxel.weight).sum(-1) + per_voxel.bias)
+    shared = rng.integers(0, 30, 40)  # many queries, some read by several voxels (retinotopic-voxel mode)
+    mixed = VoxelReadout(shared, 16)
+    assert not mixed.grouped and not mixed.own_queries
+    z = torch.randn(4, 30, 16)
+    torch.testing.assert_close(mixed(z), (z[:, torch.as_tensor(shared)] * mixed.weight).sum(-1) + mixed.bias)
+
+
+@pytest.mark.parametrize("grid", [(2, 3), (6, 6)])  # fewer tokens than the 16 channels (read first), or more
+@pytest.mark.parametrize("voxel_map", [np.arange(40), np.random.default_rng(0).integers(0, 30, 40)])
+def test_factorized_with_many_maps_equals_pooling_then_reading(voxel_map: np.ndarray, grid: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = FactorizedEncoder(voxel_map, int(voxel_map.max()) + 1, grid, 16)
+    assert not model.readout.grouped
+    with torch.no_grad():
+        model.logits.normal_()
+        model.readout.bias.normal_()
+    x = torch.randn(6, *grid, 16).half()
+    pooled = torch.einsum("ms,bsc->bmc", torch.softmax(model.logits, 1), x.flatten(1, 2).float())
+    expected = (pooled[:, voxel_map] * model.readout.weight).sum(-1) + model.readout.bias
+    torch.testing.assert_close(model(x), expected)
 
 
 def test_positions_are_added_to_keys_only() -> None:
