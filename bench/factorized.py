@@ -1,0 +1,123 @@
+"""Settings of the factorized space × feature readout, compared on a demo's validation split.
+
+Not a timing: the check behind the factorized encoder's defaults and the digest's claim 2 (a static receptive
+field per voxel should match the transformer on retinotopic voxels, not on category ones). Per subject and cached
+layer, each arm trains one factorized model exactly as the pipeline's members are trained (``fit.build_model``,
+``train.fit``, seed 0, the pipeline's validation split of the training images) and scores it on that split; the
+test images are never touched. An arm is a set of ``encoding.factorized`` settings, e.g. ``maps=voxel,lr=0.005``;
+the first arm is the reference of the paired columns. Fits run in ``--workers`` processes of one thread each.
+
+    python bench/factorized.py                      # after make demo; --no-record prints only
+    python bench/factorized.py --subjects subj03 subj04 --arms maps=roi maps=roi,lr=0.005 --no-record
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from common import code_version, record
+
+from brainatt.encoding.data import FAMILIES, load_subject, validation_split
+from brainatt.encoding.fit import EncodingConfig, _split, build_model
+from brainatt.encoding.train import fit
+from brainatt.features.cache import FeatureCache
+
+ARMS = ("maps=roi", "maps=roi,lr=0.005", "maps=roi,epochs=96", "maps=voxel", "maps=voxel,lr=0.005")
+
+
+def parse_arm(arm: str) -> dict:
+    """``"maps=voxel,lr=0.005"`` → ``{"maps": "voxel", "lr": 0.005}`` (numbers parsed, the rest kept as text)."""
+    settings = {}
+    for item in arm.split(","):
+        key, value = item.split("=")
+        try:
+            settings[key] = int(value)
+        except ValueError:
+            try:
+                settings[key] = float(value)
+            except ValueError:
+                settings[key] = value
+    return settings
+
+
+def fit_one(results: Path, features: str, subject: str, arm: str, layer: int) -> dict:
+    """One pipeline member (seed 0) of ``arm`` on ``subject``'s ``layer``, scored on the validation split."""
+    torch.set_num_threads(1)
+    cfg = EncodingConfig()
+    sub = load_subject(results / "prep" / subject / "responses.h5")
+    cache = FeatureCache(results / "features" / features)
+    arch, train = _split(parse_arm(arm), "factorized")
+    fit_idx, val_idx = validation_split(len(sub.train_ids), cfg.val_fraction, cfg.split_seed)
+    x = torch.from_numpy(cache.tokens(layer, sub.train_ids))
+    torch.manual_seed(train.seed)
+    model, _ = build_model("factorized", arch, sub, cache.grid, x.shape[-1])
+    y = torch.from_numpy(sub.train_y)
+    _, r, history = fit(model, x[fit_idx], y[fit_idx], x[val_idx], sub.train_y[val_idx], train)
+    best = int(np.argmax([h["val_r"] for h in history]))
+    row = {"subject": subject, "arm": arm, "layer": layer, "all": float(r.mean()), "epochs": len(history)}
+    row |= {family: float(r[sub.family == family].mean()) for family in FAMILIES}
+    seconds = float(np.median([h["s"] for h in history]))
+    row |= {"at_cap": len(history) == train.epochs, "best_epoch": best, "s_epoch": seconds}
+    return row
+
+
+def section(table: pd.DataFrame, arms: list[str], subjects: list[str], workers: int) -> str:
+    columns = ["all", *FAMILIES]
+    ref = table[table["arm"] == arms[0]].set_index(["subject", "layer"])
+    lines = [
+        "### Factorized readout settings (validation split of the demo, `bench/factorized.py`)",
+        "",
+        f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; code: {code_version(('brainatt',))}; "
+        f"subjects {', '.join(subjects)}, every cached layer, seed 0: {len(ref)} models per arm",
+        f"- mean validation r per family; Δ all and wins: paired against `{arms[0]}` (members with a higher mean r);"
+        "\n  at cap: models the epoch cap stopped before early stopping did; s/epoch: median, "
+        f"{workers} one-thread workers side by side",
+        "",
+        "| arm | " + " | ".join(columns) + " | Δ all | wins | epochs | at cap | s/epoch |",
+        "|---|" + "---:|" * (len(columns) + 5),
+    ]
+    for arm in arms:
+        rows = table[table["arm"] == arm].set_index(["subject", "layer"])
+        delta = rows["all"] - ref["all"].reindex(rows.index)
+        means = " | ".join(f"{rows[c].mean():.4f}" for c in columns)
+        paired = "" if arm == arms[0] else f"{delta.mean():+.4f} | {int((delta > 0).sum())} / {len(delta)}"
+        lines.append(
+            f"| `{arm}` | {means} | {paired or ' | '} | {rows['epochs'].mean():.1f} | "
+            f"{int(rows['at_cap'].sum())} / {len(rows)} | {rows['s_epoch'].median():.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", type=Path, default=Path("results"), help="a finished demo's results folder")
+    p.add_argument("--features", default="kit-clip.h5", help="feature cache under RESULTS/features")
+    p.add_argument("--subjects", nargs="+", default=["subj01", "subj02"])
+    p.add_argument("--arms", nargs="+", default=list(ARMS), help="encoding.factorized settings, key=value,...")
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--no-record", action="store_true", help="print the table only; leave RESULTS.md alone")
+    args = p.parse_args()
+    layers = FeatureCache(args.results / "features" / args.features).layers
+    jobs = [(s, arm, layer) for arm in args.arms for s in args.subjects for layer in layers]
+    jobs.sort(key=lambda job: "voxel" not in job[1])  # the slow per-voxel maps first, so the workers end together
+    with ProcessPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(fit_one, args.results, args.features, *job) for job in jobs]
+        rows = []
+        for done, future in enumerate(futures, 1):
+            rows.append(future.result())
+            print(f"[{done}/{len(jobs)}] {rows[-1]}", flush=True)
+    text = section(pd.DataFrame(rows), args.arms, args.subjects, args.workers)
+    print(text)
+    if not args.no_record:
+        record("## encoding accuracy on the nsd-synth demo", text, subsection="Factorized readout settings")
+
+
+if __name__ == "__main__":
+    main()
