@@ -9,6 +9,8 @@
 - ``VoxelReadout, a query per voxel``: the dot product over D as an einsum on the query outputs (``einsum``, the
   gather skipped when voxel v reads query v) against ``before``: gather, elementwise product, sum.
 
+Voxel v reads map or query v, the index `assign_queries` gives in ``voxel`` mode.
+
 Each arm is a full training step (forward, MSE, backward, gradient clipping, AdamW) on random tokens, one thread,
 interleaved over ``--repeats`` rounds; the table gives the median ms/step, the ratio to ``before`` and the
 largest difference from the first arm's predictions (all compute the same sum). Sizes: the demo's subj01 (3,478

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import yaml
 
 from brainatt.encoding.data import QUERY_MODES, SubjectData, assign_queries, validation_split
 from brainatt.encoding.evaluate import load_truth, summarize, voxel_scores
+from brainatt.encoding.readout import VoxelReadout
 from brainatt.encoding.routing import object_masks, routing_scores, truth_maps
 from brainatt.features.cache import FeatureCache, backbone_slug
 from brainatt.io import BrainattError
@@ -50,6 +52,13 @@ def test_queries_per_roi_per_voxel_and_mixed() -> None:
     assert index.tolist() == [0, 0, 0, 1, 2, 3]
     names, index = assign_queries(sub, "voxel")
     assert len(names) == 6 and len(set(index)) == 6
+    # Per-voxel queries follow the voxels, whatever their names sort to: voxel v reads query v.
+    flipped = dataclasses.replace(sub, **{k: getattr(sub, k)[::-1] for k in ("roi", "hemi", "family")})
+    names, index = assign_queries(flipped, "voxel")
+    assert index.tolist() == list(range(6)) and [n.split("#")[1] for n in names] == [str(v) for v in range(6)]
+    assert VoxelReadout(index, 4).own_queries
+    names, index = assign_queries(flipped, "retinotopic-voxel")
+    assert names == ["rh.rest", "lh.V1v#1", "lh.V1v#2", "lh.FFA-1"] and index.tolist() == [0, 1, 2, 3, 3, 3]
     with pytest.raises(BrainattError, match="query mode"):
         assign_queries(sub, "hemisphere")
 

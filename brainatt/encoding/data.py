@@ -107,6 +107,8 @@ def assign_queries(sub: SubjectData, mode: str) -> tuple[list[str], np.ndarray]:
     attention would be untrained noise), plus ``lh.rest``/``rh.rest``; ``voxel``: one per voxel;
     ``retinotopic-voxel``: one per voxel in retinotopic ROIs (each has its own pRF, which one pooled ROI
     vector cannot carry) and one per ROI elsewhere. Per-voxel queries are named ``lh.V1v#17`` (17 = the voxel's index).
+    ``roi`` queries are sorted by name; the per-voxel modes number queries in the order of their first voxel, so in
+    ``voxel`` mode voxel v reads query v (`VoxelReadout` then needs no gather).
     """
     if mode not in QUERY_MODES:
         raise BrainattError(f"query mode {mode!r} unknown: choose from {', '.join(QUERY_MODES)}")
@@ -114,7 +116,10 @@ def assign_queries(sub: SubjectData, mode: str) -> tuple[list[str], np.ndarray]:
     own = np.ones(sub.n_voxels, bool) if mode == "voxel" else (sub.family == "retinotopic")
     if mode != "roi":
         labels[own] = [f"{lab}#{v}" for lab, v in zip(labels[own], np.flatnonzero(own), strict=True)]
-    names, index = np.unique(labels.astype(str), return_inverse=True)
+    names, first, index = np.unique(labels.astype(str), return_index=True, return_inverse=True)
+    if mode != "roi":  # sorted names would put lh.V1v#10 before lh.V1v#2
+        order = np.argsort(first)
+        names, index = names[order], np.argsort(order)[index]
     return [str(n) for n in names], index
 
 

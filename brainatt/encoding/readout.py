@@ -15,9 +15,9 @@ class VoxelReadout(nn.Module):
     Memory is O(B·V·D) at most, never O(B·Q·V) (the reference code multiplied every query by every voxel's
     weights and masked) nor O(B·V²) (its per-voxel-query diagonal). With few queries the voxels are grouped by
     query and each group is one matrix product (B, D)·(D, V_q): on 2 CPU cores at B=32, V=3,478, D=128,
-    30 queries that is ~50× faster than a gather + per-voxel einsum, which runs as V tiny batched products.
-    With many queries (one per voxel, or per voxel in some ROIs) it is a per-voxel dot product over D, without the
-    gather when voxel v reads query v.
+    30 queries that is ~50× faster than gathering each voxel's query output and taking V dot products.
+    With many queries (one per voxel, or per voxel in some ROIs) the V dot products are the way: an einsum over D,
+    without the gather when voxel v reads query v.
     """
 
     def __init__(self, voxel_query: np.ndarray | torch.Tensor, width: int) -> None:
