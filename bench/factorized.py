@@ -3,9 +3,10 @@
 Not a timing: the check behind the factorized encoder's defaults and the digest's claim 2 (a static receptive
 field per voxel should match the transformer on retinotopic voxels, not on category ones). Per subject and cached
 layer, each arm trains one factorized model exactly as the pipeline's members are trained (``fit.build_model``,
-``train.fit``, seed 0, the pipeline's validation split of the training images) and scores it on that split; the
-test images are never touched. An arm is a set of ``encoding.factorized`` settings, e.g. ``maps=voxel,lr=0.005``;
-the first arm is the reference of the paired columns. Fits run in ``--workers`` processes of one thread each.
+``train.fit``, seed 0, the validation split of the training images that the demo's fit used) and scores it on
+that split; the test images are never touched. An arm is a set of ``encoding.factorized`` settings, e.g.
+``maps=voxel,lr=0.005``; the first arm is the reference of the paired columns. Fits run in ``--workers`` processes
+of one thread each.
 
     python bench/factorized.py                      # after make demo; --no-record prints only
     python bench/factorized.py --subjects subj03 subj04 --arms maps=roi maps=roi,lr=0.005 --no-record
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -25,7 +27,7 @@ import torch
 from common import code_version, record
 
 from brainatt.encoding.data import FAMILIES, load_subject, validation_split
-from brainatt.encoding.fit import EncodingConfig, _split, build_model
+from brainatt.encoding.fit import build_model, split_settings
 from brainatt.encoding.train import fit
 from brainatt.features.cache import FeatureCache
 
@@ -48,13 +50,13 @@ def parse_arm(arm: str) -> dict:
 
 
 def fit_one(results: Path, features: str, subject: str, arm: str, layer: int) -> dict:
-    """One pipeline member (seed 0) of ``arm`` on ``subject``'s ``layer``, scored on the validation split."""
+    """One pipeline member (seed 0) of ``arm`` on ``subject``'s ``layer``, scored on the demo's validation split."""
     torch.set_num_threads(1)
-    cfg = EncodingConfig()
     sub = load_subject(results / "prep" / subject / "responses.h5")
     cache = FeatureCache(results / "features" / features)
-    arch, train = _split(parse_arm(arm), "factorized")
-    fit_idx, val_idx = validation_split(len(sub.train_ids), cfg.val_fraction, cfg.split_seed)
+    arch, train = split_settings(parse_arm(arm), "factorized")
+    demo = json.loads((results / "encoding" / subject / "factorized" / "model.json").read_text())["encoding"]
+    fit_idx, val_idx = validation_split(len(sub.train_ids), demo["val_fraction"], demo["split_seed"])
     x = torch.from_numpy(cache.tokens(layer, sub.train_ids))
     torch.manual_seed(train.seed)
     model, _ = build_model("factorized", arch, sub, cache.grid, x.shape[-1])
@@ -64,11 +66,13 @@ def fit_one(results: Path, features: str, subject: str, arm: str, layer: int) ->
     row = {"subject": subject, "arm": arm, "layer": layer, "all": float(r.mean()), "epochs": len(history)}
     row |= {family: float(r[sub.family == family].mean()) for family in FAMILIES}
     seconds = float(np.median([h["s"] for h in history]))
-    row |= {"at_cap": len(history) == train.epochs, "best_epoch": best, "s_epoch": seconds}
+    stopped = len(history) - 1 - best >= train.patience  # early stopping ended it (possibly at the last epoch)
+    row |= {"at_cap": not stopped, "best_epoch": best, "s_epoch": seconds}
     return row
 
 
 def section(table: pd.DataFrame, arms: list[str], subjects: list[str], workers: int) -> str:
+    """The RESULTS.md subsection: one row per arm, means over the models, paired against the first arm."""
     columns = ["all", *FAMILIES]
     ref = table[table["arm"] == arms[0]].set_index(["subject", "layer"])
     lines = [

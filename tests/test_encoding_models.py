@@ -134,7 +134,14 @@ def test_factorized_with_many_maps_equals_pooling_then_reading(voxel_map: np.nda
     x = torch.randn(6, *grid, 16).half()
     pooled = torch.einsum("ms,bsc->bmc", torch.softmax(model.logits, 1), x.flatten(1, 2).float())
     expected = (pooled[:, voxel_map] * model.readout.weight).sum(-1) + model.readout.bias
-    torch.testing.assert_close(model(x), expected)
+    reads, readout = [], model.readout.forward
+    model.readout.forward = lambda z: reads.append(z) or readout(z)
+    out = model(x)
+    torch.testing.assert_close(out, expected)
+    assert bool(reads) == (grid[0] * grid[1] >= 16)  # only pooling first goes through the readout
+    params = [model.logits, model.readout.weight]
+    grads = [torch.autograd.grad(y.square().sum(), params) for y in (out, expected)]
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_positions_are_added_to_keys_only() -> None:

@@ -35,8 +35,8 @@ class FactorizedEncoder(nn.Module):
         maps, x = torch.softmax(self.logits, dim=1), tokens.flatten(1, 2).float()  # (n_maps, S), (B, S, C)
         if self.readout.grouped or x.shape[1] >= x.shape[2]:  # pool the tokens per map; voxels read the vector
             return self.readout(torch.einsum("ms,bsc->bmc", maps, x))
-        # Many maps and fewer tokens than channels: each voxel's feature weights read every token in one matrix
-        # product, then its map pools those, ŷ_v = Σ_s m_v(s) w_v·x_s. The same sum as pooling first, with the
-        # smaller intermediate, (B, S, V) instead of (B, V, C) (bench/RESULTS.md "readout").
+        # A map per voxel (ROI maps are grouped) and fewer tokens than channels: each voxel's feature weights read
+        # every token in one matrix product, then its map pools those, ŷ_v = Σ_s m_v(s) w_v·x_s. The same sum as
+        # pooling first, with the smaller intermediate, (B, S, V) instead of (B, V, C) (bench/RESULTS.md "readout").
         read = x @ self.readout.weight.T
         return (read * maps[self.readout.voxel_query].T).sum(1) + self.readout.bias

@@ -62,7 +62,8 @@ class EncodingConfig:
 ARCH_KEYS = {"transformer": ("width", "depth", "heads", "ff", "dropout", "queries"), "factorized": ("maps",)}
 
 
-def _split(section: dict[str, Any], encoder: str) -> tuple[dict[str, Any], TrainConfig]:
+def split_settings(section: dict[str, Any], encoder: str) -> tuple[dict[str, Any], TrainConfig]:
+    """An ``encoding.<encoder>`` section → its architecture settings and its `TrainConfig` (unknown keys raise)."""
     unknown = set(section) - set(ARCH_KEYS[encoder]) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise BrainattError(f"encoding.{encoder}: unknown settings {sorted(unknown)}")
@@ -99,7 +100,7 @@ def load_members(folder: str | Path, sub: SubjectData, width: int) -> tuple[dict
 
 
 def _fit_torch(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: EncodingConfig, device: str) -> dict:
-    arch, train = _split(getattr(cfg, encoder), encoder)
+    arch, train = split_settings(getattr(cfg, encoder), encoder)
     fit_idx, val_idx = validation_split(len(sub.train_ids), cfg.val_fraction, cfg.split_seed)
     y = torch.from_numpy(sub.train_y)
     members, preds, val_r, state, attention = [], [], [], {}, []

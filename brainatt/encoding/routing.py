@@ -70,13 +70,22 @@ def _render_scenes(ground_truth: Path, nsd_ids: np.ndarray, grid: tuple[int, int
     return np.stack(images), np.stack(covers)
 
 
-@functools.lru_cache(maxsize=2)
-def _test_scenes(
-    ground_truth: Path, nsd_ids: tuple[int, ...], grid: tuple[int, int]
-) -> tuple[np.ndarray, torch.Tensor]:
+def _test_scenes(ground_truth: Path, nsd_ids: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, torch.Tensor]:
     """The scenes' category covers on the token grid and the visual system's category maps. Every subject is tested
-    on the same shared images and the visual system is the same for all, so the summary computes them once."""
+    on the same shared images and the visual system is the same for all, so the summary computes them once (cached
+    on the world files' path and modification times; the arrays are shared: read only)."""
+    files = [ground_truth / name for name in ("world.json", "scenes.json")]
+    stamp = tuple(f.stat().st_mtime_ns for f in files)
+    return _cached_test_scenes(ground_truth.resolve(), tuple(nsd_ids.tolist()), grid, stamp)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_test_scenes(
+    ground_truth: Path, nsd_ids: tuple[int, ...], grid: tuple[int, int], stamp: tuple[int, ...]
+) -> tuple[np.ndarray, torch.Tensor]:
+    """`_test_scenes`, cached; ``stamp`` only keys the cache."""
     images, cover = _render_scenes(ground_truth, np.array(nsd_ids), grid)
+    cover.flags.writeable = False
     return cover, visual_features(VisualSystem().eval(), images)[1]
 
 
@@ -123,7 +132,7 @@ def routing_scores(
         prf_x, prf_y = f["params/prf_x"][()], f["params/prf_y"][()]
     if len(kind) != len(voxel_scores):
         raise BrainattError(f"{gt / subject}.h5: {len(kind)} voxels but the encoder scored {len(voxel_scores)}")
-    cover, cats = _test_scenes(gt, tuple(nsd_ids.tolist()), grid)
+    cover, cats = _test_scenes(gt, nsd_ids, grid)
     objects = _masks_from_cover(cover)
     brain = load_brain(gt, subject)
     x, y = _grid_centres(grid)
