@@ -17,6 +17,7 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	ruff check .
+	ruff format --check .
 	snakemake --lint
 
 test: lint
