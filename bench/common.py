@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -59,3 +60,17 @@ def record(heading: str, text: str, subsection: str | None = None) -> None:
         body = text.rstrip("\n") + "\n\n"
         section = section[: sub.start()] + body + section[sub.end() :] if sub else section.rstrip("\n") + "\n\n" + body
     RESULTS.write_text(doc[: head.start()] + section.rstrip("\n") + "\n" + ("\n" + doc[end:] if end < len(doc) else ""))
+
+
+SUBJECTS = ("subj01", "subj02", "subj03", "subj04")
+
+
+def demo_arguments(doc: str, subjects: tuple[str, ...] = SUBJECTS) -> argparse.ArgumentParser:
+    """The options of a bench that rereads a finished ``make demo``: its folder, feature cache, subjects, and
+    ``--no-record``; the bench adds its own."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", type=Path, default=Path("results"), help="a finished demo's results folder")
+    p.add_argument("--features", default="kit-clip.h5", help="feature cache under RESULTS/features")
+    p.add_argument("--subjects", nargs="+", default=list(subjects))
+    p.add_argument("--no-record", action="store_true", help="print the table only; leave RESULTS.md alone")
+    return p

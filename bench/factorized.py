@@ -14,7 +14,6 @@ of one thread each.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import code_version, record
+from common import code_version, demo_arguments, record
 
 from brainatt.encoding.data import FAMILIES, load_subject, validation_split
 from brainatt.encoding.fit import build_model, split_settings
@@ -100,13 +99,9 @@ def section(table: pd.DataFrame, arms: list[str], subjects: list[str], workers: 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", type=Path, default=Path("results"), help="a finished demo's results folder")
-    p.add_argument("--features", default="kit-clip.h5", help="feature cache under RESULTS/features")
-    p.add_argument("--subjects", nargs="+", default=["subj01", "subj02"])
+    p = demo_arguments(__doc__, subjects=("subj01", "subj02"))
     p.add_argument("--arms", nargs="+", default=list(ARMS), help="encoding.factorized settings, key=value,...")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--no-record", action="store_true", help="print the table only; leave RESULTS.md alone")
     args = p.parse_args()
     layers = FeatureCache(args.results / "features" / args.features).layers
     jobs = [(s, arm, layer) for arm in args.arms for s in args.subjects for layer in layers]

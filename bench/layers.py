@@ -12,7 +12,6 @@ claim: the per-voxel softmax(τ·r_val) ensemble is at least as good as its best
 
 from __future__ import annotations
 
-import argparse
 import datetime
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
-from common import code_version, record
+from common import code_version, demo_arguments, record
 from safetensors.torch import load_file
 
 from brainatt.encoding.data import FAMILIES, load_subject
@@ -91,11 +90,7 @@ def section(table: pd.DataFrame, subjects: list[str], results: Path) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", type=Path, default=Path("results"), help="a finished demo's results folder")
-    p.add_argument("--features", default="kit-clip.h5", help="feature cache under RESULTS/features")
-    p.add_argument("--subjects", nargs="+", default=["subj01", "subj02", "subj03", "subj04"])
-    p.add_argument("--no-record", action="store_true", help="print the table only; leave RESULTS.md alone")
+    p = demo_arguments(__doc__)
     args = p.parse_args()
     cache = FeatureCache(args.results / "features" / args.features)
     table = pd.concat(
