@@ -2,9 +2,9 @@
 
 Not a timing: the check behind the factorized encoder's defaults and the digest's claim 2 (a static receptive
 field per voxel should match the transformer on retinotopic voxels, not on category ones). Per subject and cached
-layer, each arm trains one factorized model exactly as the pipeline's members are trained (``fit.build_model``,
-``train.fit``, seed 0, the validation split of the training images that the demo's fit used) and scores it on
-that split; the test images are never touched. An arm is a set of ``encoding.factorized`` settings, e.g.
+layer, each arm trains one factorized model as the pipeline trains its members (``fit.train_member``, seed 0,
+the validation split of the training images that the demo's fit used) and scores it on that split; the test
+images are never touched. An arm is a set of ``encoding.factorized`` settings, e.g.
 ``maps=voxel,lr=0.005``; the first arm is the reference of the paired columns. Fits run in ``--workers`` processes
 of one thread each.
 
@@ -26,8 +26,7 @@ import torch
 from common import code_version, demo_arguments, record
 
 from brainatt.encoding.data import FAMILIES, load_subject, validation_split
-from brainatt.encoding.fit import build_model, split_settings
-from brainatt.encoding.train import fit
+from brainatt.encoding.fit import split_settings, train_member
 from brainatt.features.cache import FeatureCache
 
 ARMS = ("maps=roi", "maps=roi,lr=0.005", "maps=roi,epochs=96", "maps=voxel", "maps=voxel,lr=0.005")
@@ -53,14 +52,12 @@ def fit_one(results: Path, features: str, subject: str, arm: str, layer: int) ->
     torch.set_num_threads(1)
     sub = load_subject(results / "prep" / subject / "responses.h5")
     cache = FeatureCache(results / "features" / features)
-    arch, train = split_settings(parse_arm(arm), "factorized")
+    settings = parse_arm(arm)
+    _, train = split_settings(settings, "factorized")
     demo = json.loads((results / "encoding" / subject / "factorized" / "model.json").read_text())["encoding"]
-    fit_idx, val_idx = validation_split(len(sub.train_ids), demo["val_fraction"], demo["split_seed"])
+    split = validation_split(len(sub.train_ids), demo["val_fraction"], demo["split_seed"])
     x = torch.from_numpy(cache.tokens(layer, sub.train_ids))
-    torch.manual_seed(train.seed)
-    model, _ = build_model("factorized", arch, sub, cache.grid, x.shape[-1])
-    y = torch.from_numpy(sub.train_y)
-    _, r, history = fit(model, x[fit_idx], y[fit_idx], x[val_idx], sub.train_y[val_idx], train)
+    _, r, history, _ = train_member("factorized", settings, sub, cache.grid, x, split, seed=0)
     best = int(np.argmax([h["val_r"] for h in history]))
     row = {"subject": subject, "arm": arm, "layer": layer, "all": float(r.mean()), "epochs": len(history)}
     row |= {family: float(r[sub.family == family].mean()) for family in FAMILIES}

@@ -1,11 +1,11 @@
 """Layer ensembling, the digest's claim 7, checked on a finished demo's torch encoders.
 
-Not a timing. Per subject and torch encoder it rebuilds the ensemble members from ``model.safetensors``
-(`fit.load_members`), predicts the test images with each member alone, and scores every member and the written
-ensemble (``test_pred.h5``) with `evaluate.voxel_scores`, the pipeline's scoring: NC-normalised accuracy per ROI
-family. The ensemble weights were chosen on validation images only; the test images are only scored here. The
-claim: the per-voxel softmax(τ·r_val) ensemble is at least as good as its best single layer, and early-visual
-(retinotopic) voxels weight the earlier layer more than category voxels do.
+Not a timing. Per subject and torch encoder it rebuilds the ensemble members and their ensemble weights from
+``model.safetensors`` (`fit.load_members`), predicts the test images with each member alone, and scores every
+member and the written ensemble (``test_pred.h5``) with `evaluate.voxel_scores`, the pipeline's scoring:
+NC-normalised accuracy per ROI family. The ensemble weights were chosen on validation images only; the test
+images are only scored here. The claim: the per-voxel softmax(τ·r_val) ensemble is at least as good as its best
+single layer, and early-visual (retinotopic) voxels weight the earlier layer more than category voxels do.
 
     python bench/layers.py                   # after make demo; --no-record prints only
 """
@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import torch
 from common import code_version, demo_arguments, record
-from safetensors.torch import load_file
 
 from brainatt.encoding.data import FAMILIES, load_subject
 from brainatt.encoding.evaluate import NC_MIN, load_truth, summarize, voxel_scores
@@ -39,13 +38,12 @@ def subject_rows(results: Path, subject: str, encoder: str, cache: FeatureCache)
     width = cache.tokens(cache.layers[0], sub.test_ids[:1]).shape[-1]
     torch.set_num_threads(1)
     info, models = load_members(folder, sub, width)
-    weights = load_file(folder / "model.safetensors")["ensemble_weights"].numpy()  # (M, V)
     with h5py.File(folder / "test_pred.h5", "r") as f:
         ensemble = f["pred"][()]
     runs = [("ensemble", ensemble, None)]
-    for m, (member, model) in enumerate(zip(info["members"], models, strict=True)):
+    for member, model in zip(info["members"], models, strict=True):
         pred = predict(model, torch.from_numpy(cache.tokens(member["layer"], sub.test_ids)))
-        runs.append((f"layer {member['layer']}, seed {member['seed']}", pred, weights[m]))
+        runs.append((f"layer {member['layer']}, seed {member['seed']}", pred, member["ensemble_weights"]))
     rows = []
     for name, pred, weight in runs:
         scores = voxel_scores(sub, pred, truth)

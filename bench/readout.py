@@ -40,17 +40,6 @@ HEADING = "## readout"
 TIMED_CODE = ("brainatt/encoding/factorized.py", "brainatt/encoding/readout.py")
 
 
-def read_first(model: FactorizedEncoder, tokens: torch.Tensor) -> torch.Tensor:
-    """Every voxel's feature weights read every token, then its map pools them: a (B, S, V) intermediate."""
-    read = tokens.flatten(1, 2).float() @ model.readout.weight.T
-    return (read * torch.softmax(model.logits, 1)[model.readout.voxel_query].T).sum(1) + model.readout.bias
-
-
-def pool_first(model: FactorizedEncoder, tokens: torch.Tensor) -> torch.Tensor:
-    """Each map pools the tokens, then each voxel reads its map's vector (`VoxelReadout`): (B, V, C)."""
-    return model.readout(torch.einsum("ms,bsc->bmc", torch.softmax(model.logits, 1), tokens.flatten(1, 2).float()))
-
-
 def before(model: FactorizedEncoder, tokens: torch.Tensor) -> torch.Tensor:
     """The factorized encoder's previous formula: pool per map, gather per voxel, elementwise product and sum."""
     pooled = torch.einsum("ms,bsc->bmc", torch.softmax(model.logits, 1), tokens.flatten(1, 2).float())
@@ -118,8 +107,8 @@ def main() -> None:
 
         factorized_arms = {
             "forward": FactorizedEncoder.forward,
-            "read first": read_first,
-            "pool first": pool_first,
+            "read first": FactorizedEncoder.read_first,
+            "pool first": FactorizedEncoder.pool_first,
             "before: pool first, gather, mul, sum": before,
         }
         readout_arms = {"einsum": VoxelReadout.forward, "before: gather, mul, sum": gather_mul_sum}

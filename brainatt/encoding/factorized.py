@@ -32,11 +32,21 @@ class FactorizedEncoder(nn.Module):
         return torch.softmax(self.logits, dim=1).unflatten(1, self.grid)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, gh, gw, C)`` → ``(B, V)``, summed in whichever order has the smaller intermediate."""
+        if self.readout.grouped or self.logits.shape[1] >= tokens.shape[-1]:
+            return self.pool_first(tokens)
+        return self.read_first(tokens)
+
+    def pool_first(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Each map pools the tokens, then each voxel reads its map's vector (`VoxelReadout`): (B, n_maps, C)."""
         maps, x = torch.softmax(self.logits, dim=1), tokens.flatten(1, 2).float()  # (n_maps, S), (B, S, C)
-        if self.readout.grouped or x.shape[1] >= x.shape[2]:  # pool the tokens per map; voxels read the vector
-            return self.readout(torch.einsum("ms,bsc->bmc", maps, x))
-        # A map per voxel (ROI maps are grouped) and fewer tokens than channels: each voxel's feature weights read
-        # every token in one matrix product, then its map pools those, ŷ_v = Σ_s m_v(s) w_v·x_s. The same sum as
-        # pooling first, with the smaller intermediate, (B, S, V) instead of (B, V, C) (bench/RESULTS.md "readout").
+        return self.readout(torch.einsum("ms,bsc->bmc", maps, x))
+
+    def read_first(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Each voxel's feature weights read every token in one matrix product, then its map pools those,
+        ŷ_v = Σ_s m_v(s) w_v·x_s: the same sum with a (B, S, V) intermediate, smaller than pooling first's (B, V, C)
+        when there is a map per voxel (ROI maps are grouped) and fewer tokens than channels (bench/RESULTS.md
+        "readout")."""
+        maps, x = torch.softmax(self.logits, dim=1), tokens.flatten(1, 2).float()
         read = x @ self.readout.weight.T
         return (read * maps[self.readout.voxel_query].T).sum(1) + self.readout.bias

@@ -84,7 +84,8 @@ def build_model(encoder: str, arch: dict[str, Any], sub: SubjectData, grid: tupl
 
 def load_members(folder: str | Path, sub: SubjectData, width: int) -> tuple[dict[str, Any], list[torch.nn.Module]]:
     """A fitted torch encoder's ``model.json`` and its ensemble members (eval mode, in ``info["members"]`` order),
-    rebuilt from ``model.safetensors`` as `fit_encoder` writes them; ``width`` is the cached tokens' width."""
+    rebuilt from ``model.safetensors`` as `fit_encoder` writes them; ``width`` is the cached tokens' width. Each
+    ``info["members"]`` entry gains its per-voxel ``ensemble_weights`` ``(V,)``."""
     folder = Path(folder)
     if not (folder / "model.json").exists():
         raise BrainattError(f"{folder}: no fitted encoder here: run the encode rule for it")
@@ -96,32 +97,52 @@ def load_members(folder: str | Path, sub: SubjectData, width: int) -> tuple[dict
         prefix = f"member{m}."
         model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         models.append(model.eval())
+        info["members"][m]["ensemble_weights"] = state["ensemble_weights"][m].numpy()
     return info, models
 
 
-def _fit_torch(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: EncodingConfig, device: str) -> dict:
-    arch, train = split_settings(getattr(cfg, encoder), encoder)
-    fit_idx, val_idx = validation_split(len(sub.train_ids), cfg.val_fraction, cfg.split_seed)
+def train_member(
+    encoder: str,
+    settings: dict[str, Any],
+    sub: SubjectData,
+    grid: tuple[int, int],
+    x: torch.Tensor,
+    split: tuple[np.ndarray, np.ndarray],
+    seed: int,
+    device: str = "cpu",
+    desc: str = "",
+) -> tuple[torch.nn.Module, np.ndarray, list[dict], list[str]]:
+    """One ensemble member on training tokens ``x``: seeded initialisation, trained on the fit images of ``split``
+    (fit, validation indices), best epoch by validation r. Returns the model, its per-voxel validation r, the
+    training history and the query names. ``settings`` is the ``encoding.<encoder>`` section."""
+    arch, train = split_settings(settings, encoder)
+    fit_idx, val_idx = split
+    torch.manual_seed(seed)
+    model, queries = build_model(encoder, arch, sub, grid, x.shape[-1])
     y = torch.from_numpy(sub.train_y)
+    run = dataclasses.replace(train, seed=seed)
+    model, r, history = fit(model.to(device), x[fit_idx], y[fit_idx], x[val_idx], sub.train_y[val_idx], run, desc)
+    return model, r, history, queries
+
+
+def _fit_torch(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: EncodingConfig, device: str) -> dict:
+    settings = getattr(cfg, encoder)
+    arch, train = split_settings(settings, encoder)
+    split = validation_split(len(sub.train_ids), cfg.val_fraction, cfg.split_seed)
     members, preds, val_r, state, attention = [], [], [], {}, []
     for layer in cfg.layers or cache.layers:
         x = torch.from_numpy(cache.tokens(layer, sub.train_ids))
         x_test = torch.from_numpy(cache.tokens(layer, sub.test_ids))
         for seed in cfg.seeds:
-            torch.manual_seed(seed)
-            model, queries = build_model(encoder, arch, sub, cache.grid, x.shape[-1])
-            model = model.to(device)
-            run = dataclasses.replace(train, seed=seed)
-            model, r, history = fit(
-                model, x[fit_idx], y[fit_idx], x[val_idx], sub.train_y[val_idx], run, f"{encoder} L{layer} s{seed}"
-            )
+            desc = f"{encoder} L{layer} s{seed}"
+            model, r, history, queries = train_member(encoder, settings, sub, cache.grid, x, split, seed, device, desc)
             m = len(members)
             members.append({"layer": layer, "seed": seed, "val_r": float(r.mean()), "epochs": len(history)})
             preds.append(predict(model, x_test))
             val_r.append(r)
             state.update({f"member{m}.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
             if encoder == "transformer":
-                attention.append(_test_maps(model, x_test, x[val_idx]))
+                attention.append(_test_maps(model, x_test, x[split[1]]))
     weights = ensemble_weights(np.stack(val_r), cfg.ensemble_temperature)
     pred = np.einsum("mv,mnv->nv", weights, np.stack(preds))
     state["ensemble_weights"] = torch.from_numpy(weights.astype(np.float32))
