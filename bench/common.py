@@ -74,3 +74,22 @@ def demo_arguments(doc: str, subjects: tuple[str, ...] = SUBJECTS) -> argparse.A
     p.add_argument("--subjects", nargs="+", default=list(subjects))
     p.add_argument("--no-record", action="store_true", help="print the table only; leave RESULTS.md alone")
     return p
+
+
+def parse_arm(arm: str) -> dict:
+    """``"maps=voxel,lr=0.005"`` → ``{"maps": "voxel", "lr": 0.005}``: numbers and ``true``/``false`` parsed, the
+    rest kept as text."""
+    settings = {}
+    for item in arm.split(","):
+        key, value = item.split("=")
+        if value in ("true", "false"):
+            settings[key] = value == "true"
+            continue
+        try:
+            settings[key] = int(value)
+        except ValueError:
+            try:
+                settings[key] = float(value)
+            except ValueError:
+                settings[key] = value
+    return settings

@@ -23,28 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import code_version, demo_arguments, record
+from common import code_version, demo_arguments, parse_arm, record
 
 from brainatt.encoding.data import FAMILIES, load_subject, validation_split
 from brainatt.encoding.fit import split_settings, train_member
 from brainatt.features.cache import FeatureCache
 
 ARMS = ("maps=roi", "maps=roi,lr=0.005", "maps=roi,epochs=96", "maps=voxel", "maps=voxel,lr=0.005")
-
-
-def parse_arm(arm: str) -> dict:
-    """``"maps=voxel,lr=0.005"`` → ``{"maps": "voxel", "lr": 0.005}`` (numbers parsed, the rest kept as text)."""
-    settings = {}
-    for item in arm.split(","):
-        key, value = item.split("=")
-        try:
-            settings[key] = int(value)
-        except ValueError:
-            try:
-                settings[key] = float(value)
-            except ValueError:
-                settings[key] = value
-    return settings
 
 
 def fit_one(results: Path, features: str, subject: str, arm: str, layer: int) -> dict:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from brainatt.encoding.data import QUERY_MODES, SubjectData, assign_queries, validation_split
+from brainatt.encoding.data import QUERY_MODES, SubjectData, assign_queries, roi_attention, validation_split
 from brainatt.encoding.evaluate import load_truth, summarize, voxel_scores
 from brainatt.encoding.readout import VoxelReadout
 from brainatt.encoding.routing import object_masks, routing_scores, truth_maps
@@ -59,8 +59,10 @@ def test_queries_per_roi_per_voxel_and_mixed() -> None:
     assert VoxelReadout(index, 4).own_queries
     names, index = assign_queries(flipped, "retinotopic-voxel")
     assert names == ["rh.rest", "lh.V1v#1", "lh.V1v#2", "lh.FFA-1"] and index.tolist() == [0, 1, 2, 3, 3, 3]
+    names, index = assign_queries(sub, "hemisphere")
+    assert names == ["lh", "rh"] and index.tolist() == [0, 0, 0, 0, 0, 1]
     with pytest.raises(BrainattError, match="query mode"):
-        assign_queries(sub, "hemisphere")
+        assign_queries(sub, "hemis")
 
 
 def test_config_schema_accepts_every_query_mode_and_no_other() -> None:
@@ -70,8 +72,8 @@ def test_config_schema_accepts_every_query_mode_and_no_other() -> None:
     for mode in QUERY_MODES:
         config["encoding"]["transformer"] = {"queries": mode}
         jsonschema.validate(config, schema)
-    config["encoding"]["transformer"] = {"queries": "hemisphere"}
-    with pytest.raises(jsonschema.ValidationError, match="hemisphere"):
+    config["encoding"]["transformer"] = {"queries": "hemis"}
+    with pytest.raises(jsonschema.ValidationError, match="hemis"):
         jsonschema.validate(config, schema)
 
 
@@ -143,7 +145,7 @@ def _routing_world(tmp_path: Path, face_maps, v1_maps, head_mean=None) -> tuple[
         if head_mean:
             f["maps_head_mean"] = np.stack([head_mean(faces)] * 2).astype(np.float16)
         f.attrs["grid"] = list(GRID)
-    scores = pd.DataFrame({"roi": ["FFA-1", "FFA-1", "V1v", "V1v"], "hemi": ["lh"] * 4})
+    scores = pd.DataFrame({"voxel": [2, 0, 1, 3], "roi": ["V1v", "FFA-1", "FFA-1", "V1v"], "hemi": ["lh"] * 4})
     return routing_scores(tmp_path / "attention.h5", scores, gt, "subj01").set_index("query"), faces
 
 
@@ -154,18 +156,31 @@ def test_object_masks_are_the_rendered_objects(tmp_path: Path) -> None:
     assert has_face.any() and (faces.any((1, 2)) == has_face).all()
 
 
-def test_routing_scores_recover_planted_routing(tmp_path: Path) -> None:
-    def on_faces(m: np.ndarray) -> np.ndarray:  # all attention on the face patches, uniform where there is none
-        m = m.astype(float)
-        m[~m.any((1, 2))] = 1
-        return m / m.sum((1, 2), keepdims=True)
+def _on_faces(m: np.ndarray) -> np.ndarray:
+    """All attention on the face patches, uniform where there is none."""
+    m = m.astype(float)
+    m[~m.any((1, 2))] = 1
+    return m / m.sum((1, 2), keepdims=True)
 
-    def corner(m: np.ndarray) -> np.ndarray:  # the patch centred at (0.875, 0.125); the pRFs' mean is (0.75, 0.1)
+
+def _uniform(m: np.ndarray) -> np.ndarray:
+    return np.full(m.shape, 1 / 16)
+
+
+def _patch(column: int):
+    """All attention on the top-row patch ``column``, centred at ((column + 0.5) / 4, 0.125)."""
+
+    def maps(m: np.ndarray) -> np.ndarray:
         out = np.zeros(m.shape)
-        out[:, 0, 3] = 1
+        out[:, 0, column] = 1
         return out
 
-    table, faces = _routing_world(tmp_path, on_faces, corner, head_mean=lambda m: np.full(m.shape, 1 / 16))
+    return maps
+
+
+def test_routing_scores_recover_planted_routing(tmp_path: Path) -> None:
+    corner = _patch(3)  # centred at (0.875, 0.125); the pRFs' mean is (0.75, 0.1)
+    table, faces = _routing_world(tmp_path, _on_faces, corner, head_mean=_uniform)
     share = faces[faces.any((1, 2))].mean((1, 2)).mean()
     assert table.loc["lh.FFA-1", "truth"] == "face"
     assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(1 / share, rel=1e-3)
@@ -176,6 +191,44 @@ def test_routing_scores_recover_planted_routing(tmp_path: Path) -> None:
     # the reference's head-mean maps, scored beside: here uniform
     assert table.loc["lh.FFA-1", "mass_ratio_head_mean"] == pytest.approx(1.0, rel=1e-3)
     assert table.loc["lh.V1v", "distance_head_mean"] == pytest.approx(table.loc["lh.V1v", "distance_uniform"], abs=1e-3)
+
+
+def test_routing_scores_each_roi_whatever_its_voxels_queries(tmp_path: Path) -> None:
+    roi_table, faces = _routing_world(tmp_path, _on_faces, _patch(3))
+    gt, scores = tmp_path / "ground_truth", pd.DataFrame({"voxel": range(4), "roi": ["FFA-1"] * 2 + ["V1v"] * 2})
+    scores["hemi"] = "lh"
+    # one query per voxel: a ROI attends to the mean of its voxels' maps
+    per_voxel = [_on_faces(faces), _uniform(faces), _patch(3)(faces), _patch(2)(faces)]
+    with h5py.File(tmp_path / "attention.h5", "r+") as f:
+        del f["queries"], f["maps"]
+        f["queries"] = np.array([f"lh.{r}#{v}" for v, r in enumerate(scores["roi"])], dtype="S")
+        f["maps"] = np.stack(per_voxel).astype(np.float16)
+        f["voxel_query"] = np.arange(4)
+    table = routing_scores(tmp_path / "attention.h5", scores, gt, "subj01").set_index("query")
+    assert list(table.index) == ["lh.FFA-1", "lh.V1v"] and table["n_voxels"].tolist() == [2, 2]
+    ratio = roi_table.loc["lh.FFA-1", "mass_ratio"]
+    assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx((ratio + 1) / 2, rel=1e-3)
+    assert table.loc["lh.V1v", "distance"] == pytest.approx(0.025, abs=1e-3)  # centroid (0.75, 0.125)
+    # one query per hemisphere: every ROI attends to its map
+    with h5py.File(tmp_path / "attention.h5", "r+") as f:
+        del f["queries"], f["maps"], f["voxel_query"]
+        f["queries"], f["maps"], f["voxel_query"] = np.array([b"lh"]), per_voxel[0][None].astype(np.float16), [0] * 4
+    table = routing_scores(tmp_path / "attention.h5", scores, gt, "subj01").set_index("query")
+    assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(ratio, rel=1e-6)
+    with h5py.File(tmp_path / "attention.h5", "r+") as f:
+        del f["voxel_query"]
+        f["voxel_query"] = [0] * 3
+    with pytest.raises(BrainattError, match="maps of 3 voxels for 4 scored voxels"):
+        routing_scores(tmp_path / "attention.h5", scores, gt, "subj01")
+
+
+def test_roi_attention_is_the_mean_map_of_the_queries_its_voxels_read() -> None:
+    maps = np.random.default_rng(0).random((5, 3, 2, 2))
+    voxel_query = np.array([4, 1, 1, -1, 0, 4, 4])
+    voxels = np.array([0, 1, 2, 3, 5, 6])
+    np.testing.assert_allclose(roi_attention(maps, voxel_query, voxels), maps[[4, 1, 1, 4, 4]].mean(0))
+    np.testing.assert_array_equal(roi_attention(maps, voxel_query, np.array([1, 2])), maps[1])  # one query: its map
+    assert roi_attention(maps, voxel_query, np.array([3])) is None
 
 
 def test_truth_routes_to_its_objects_and_attention_equal_to_it_scores_the_same(tmp_path: Path) -> None:

@@ -158,6 +158,17 @@ def test_positions_are_added_to_keys_only() -> None:
         torch.testing.assert_close(model(same), out)
 
 
+def test_without_positions_the_encoder_cannot_tell_where_a_token_is() -> None:
+    x = torch.randn(3, *GRID, WIDTH)
+    shuffled = x.flatten(1, 2)[:, torch.randperm(GRID[0] * GRID[1])].unflatten(1, GRID)
+    for positions in (True, False):
+        torch.manual_seed(0)
+        model = AttentionRoutingEncoder(VOXEL_QUERY, 2, GRID, WIDTH, heads=4, dropout=0.0, positions=positions).eval()
+        with torch.no_grad():
+            moved = (model(shuffled) - model(x)).abs().max().item()
+        assert (moved > 1e-3) if positions else (moved < 1e-5), (positions, moved)
+
+
 def test_attention_entropy_is_log_n_for_uniform_maps_and_zero_for_one_hot() -> None:
     uniform = torch.full((2, 3, 36), 1 / 36)
     torch.testing.assert_close(attention_entropy(uniform), torch.tensor(np.log(36), dtype=torch.float32))

@@ -22,8 +22,7 @@ from brainatt.viz.encoding import (
     plot_attention_maps,
     plot_brain_maps,
     plot_voxel_scatter,
-    query_label,
-    query_voxels,
+    roi_title,
     top_images,
     voxel_image,
     voxel_values,
@@ -45,6 +44,13 @@ def _is_png(path: Path) -> bool:
 def _cell(q: int) -> tuple[int, int]:
     """The grid cell where query q's planted attention peaks."""
     return divmod(q, GRID[1])
+
+
+def _peak_cell(ax: plt.Axes) -> tuple[int, int]:
+    """The grid cell where the attention overlay of a panel peaks."""
+    att = [im for im in ax.get_children() if isinstance(im, AxesImage)][-1].get_array()
+    cell = np.unravel_index(np.argmax(att), att.shape)
+    return cell[0] * GRID[0] // att.shape[0], cell[1] * GRID[1] // att.shape[1]
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +185,7 @@ def test_top_images_are_the_highest_predicted_roi_means(world: dict) -> None:
     d, scores = world["dir"], world["scores"]["transformer"]
     with h5py.File(d / "encoding/subj01/transformer/test_pred.h5") as f:
         ids, pred = f["nsd_ids"][()], f["pred"][()]
-    vox = query_voxels(scores, "lh.FFA-1")
-    assert set(vox) == set(scores.loc[(scores.hemi == "lh") & (scores.roi == "FFA-1"), "voxel"])
+    vox = scores.loc[(scores.hemi == "lh") & (scores.roi == "FFA-1"), "voxel"].to_numpy()
     top, means = top_images(pred, ids, vox, 3)
     brute = sorted(((pred[n, vox].mean(), ids[n]) for n in range(len(ids))), reverse=True)[:3]
     assert list(top) == [b[1] for b in brute]
@@ -206,10 +211,8 @@ def test_attention_panels_show_their_own_query(world: dict) -> None:
         q = ax.get_gid()
         if not q:
             continue
-        att = [im for im in ax.get_children() if isinstance(im, AxesImage)][-1].get_array()
-        cell = np.unravel_index(np.argmax(att), att.shape)
-        assert (cell[0] * GRID[0] // att.shape[0], cell[1] * GRID[1] // att.shape[1]) == _cell(QUERIES.index(q))
-        if ax.get_title() == query_label(q):
+        assert _peak_cell(ax) == _cell(QUERIES.index(q))
+        if ax.get_title() == roi_title(q):
             n_titled += 1
     assert n_titled == len(shown)  # each query's first panel is titled with that query
     assert set(panels["query"]) == shown and (panels.groupby("query").size() == 4).all()
@@ -264,3 +267,41 @@ def test_make_encoding_figures_writes_all_four(world: dict, tmp_path: Path) -> N
         **{k: tmp_path / "subj01" / FIGURES[k] for k in ("brain_maps", "scatter", "attention")},
     }
     assert all(_is_png(p) for p in written.values())
+
+
+def test_attention_rows_are_rois_whatever_the_query_mode(world: dict, tmp_path: Path) -> None:
+    d, scores = world["dir"] / "encoding/subj01/transformer", world["scores"]["transformer"]
+    fig, panels = attention_figure(d / "attention.h5", world["stimuli"], d / "test_pred.h5", scores)
+    plt.close(fig)
+    with h5py.File(d / "attention.h5") as f:
+        roi_maps, att_ids = f["maps"][()], f["nsd_ids"][()]
+    by_voxel = scores.sort_values("voxel")
+    labels = (by_voxel["hemi"] + "." + by_voxel["roi"]).tolist()
+    # One query per voxel, each with its ROI's map: the rows, panels and maps are the ROI queries'.
+    per_voxel = tmp_path / "attention_voxel.h5"
+    with h5py.File(per_voxel, "w") as f:
+        f["queries"] = np.array([f"{label}#{v}" for v, label in enumerate(labels)], dtype="S")
+        f["voxel_query"] = np.arange(len(labels))
+        f["nsd_ids"] = att_ids
+        f["maps"] = roi_maps[[QUERIES.index(label) for label in labels]]
+        f.attrs["grid"] = list(GRID)
+    fig_voxel, panels_voxel = attention_figure(per_voxel, world["stimuli"], d / "test_pred.h5", scores)
+    pd.testing.assert_frame_equal(panels_voxel, panels)
+    for ax in fig_voxel.axes:
+        if ax.get_gid():
+            assert _peak_cell(ax) == _cell(QUERIES.index(ax.get_gid()))
+    plt.close(fig_voxel)
+    # One query per hemisphere: every ROI row of a hemisphere shows that query's map.
+    per_hemi = tmp_path / "attention_hemi.h5"
+    with h5py.File(per_hemi, "w") as f:
+        f["queries"] = np.array([b"lh", b"rh"])
+        f["voxel_query"] = (by_voxel["hemi"] == "rh").to_numpy().astype(int)
+        f["nsd_ids"] = att_ids
+        f["maps"] = roi_maps[[QUERIES.index("lh.V1v"), QUERIES.index("rh.V1v")]]
+        f.attrs["grid"] = list(GRID)
+    fig_hemi, panels_hemi = attention_figure(per_hemi, world["stimuli"], d / "test_pred.h5", scores)
+    pd.testing.assert_frame_equal(panels_hemi, panels)
+    for ax in fig_hemi.axes:
+        if ax.get_gid():
+            assert _peak_cell(ax) == _cell(QUERIES.index(ax.get_gid().split(".")[0] + ".V1v"))
+    plt.close(fig_hemi)

@@ -39,7 +39,9 @@ TINY_CONFIG = {
     "models": {"backbone": {"name": "kit:clip", "source": "open_clip", "layers": [-1]}},
     "encoding": {
         "seeds": [0],
-        "transformer": {"epochs": 2, "heads": 4, "ff": 32},
+        # per-voxel queries in retinotopic ROIs, ROI queries elsewhere: the figures and routing.tsv must still give
+        # one row per ROI
+        "transformer": {"epochs": 2, "heads": 4, "ff": 32, "queries": "retinotopic-voxel"},
         "factorized": {"epochs": 2},
         "ridge": {"folds": 3, "pca": 8, "n_alphas": 5},
     },
@@ -101,8 +103,15 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path: Path) -> None:
     assert set(encoding.subject) == {"subj01", "subj02"}
     assert encoding.loc[encoding.roi == "all", "r_truth"].notna().all()
     routing = pd.read_csv(tmp_path / "results/tables/routing.tsv", sep="\t")
-    assert {"query", "truth", "mass_ratio", "mass_ratio_head_mean"} <= set(routing.columns)
+    assert {"query", "truth", "mass_ratio", "mass_ratio_head_mean", "distance"} <= set(routing.columns)
+    scores = pd.read_csv(tmp_path / "results/encoding/subj01/transformer/voxel_scores.tsv", sep="\t")
+    by_voxel = scores.sort_values("voxel")
+    labels = (by_voxel["hemi"] + "." + by_voxel["roi"]).to_numpy()
+    assert set(routing.loc[routing.subject == "subj01", "query"]) == set(labels)
     with h5py.File(tmp_path / "results/encoding/subj01/transformer/attention.h5") as f:
+        queries, voxel_query = f["queries"][()].astype(str), f["voxel_query"][()]
+        assert len(voxel_query) == len(labels) and len(queries) > len(set(labels))  # a query per retinotopic voxel
+        assert [queries[q].partition("#")[0] for q in voxel_query] == labels.tolist()  # each voxel reads its own
         assert f["maps"].shape[1:] == (12, 4, 4)  # 12 test images, 32 px / patch 8
         assert f["maps_head_mean"].shape == f["maps"].shape
         importance = f["head_importance"][()]  # (member, image, head, query): sums to 1 over heads

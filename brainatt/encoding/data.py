@@ -97,7 +97,7 @@ def load_subject(path: str | Path) -> SubjectData:
     return data
 
 
-QUERY_MODES = ("roi", "voxel", "retinotopic-voxel")
+QUERY_MODES = ("roi", "voxel", "retinotopic-voxel", "hemisphere")
 
 
 def assign_queries(sub: SubjectData, mode: str) -> tuple[list[str], np.ndarray]:
@@ -106,13 +106,18 @@ def assign_queries(sub: SubjectData, mode: str) -> tuple[list[str], np.ndarray]:
     ``roi``: one query per ROI × hemisphere that owns voxels, named ``lh.FFA-1`` (empty ROIs get none: their
     attention would be untrained noise), plus ``lh.rest``/``rh.rest``; ``voxel``: one per voxel;
     ``retinotopic-voxel``: one per voxel in retinotopic ROIs (each has its own pRF, which one pooled ROI
-    vector cannot carry) and one per ROI elsewhere. Per-voxel queries are named ``lh.V1v#17`` (17 = the voxel's index).
-    ``roi`` queries are sorted by name; the per-voxel modes number queries in the order of their first voxel, so in
-    ``voxel`` mode voxel v reads query v (`VoxelReadout` then needs no gather).
+    vector cannot carry) and one per ROI elsewhere; ``hemisphere``: one per hemisphere, ``lh`` and ``rh`` (the
+    reference code's ``hemis`` readout, an ablation: every ROI must share one routing). Per-voxel queries are named
+    ``lh.V1v#17`` (17 = the voxel's index). ``roi`` queries are sorted by name; the per-voxel modes number queries
+    in the order of their first voxel, so in ``voxel`` mode voxel v reads query v (`VoxelReadout` then needs no
+    gather).
     """
     if mode not in QUERY_MODES:
         raise BrainattError(f"query mode {mode!r} unknown: choose from {', '.join(QUERY_MODES)}")
-    labels = np.char.add(np.char.add(sub.hemi, "."), sub.roi).astype(object)
+    if mode == "hemisphere":
+        names, index = np.unique(sub.hemi, return_inverse=True)
+        return [str(n) for n in names], index
+    labels = roi_labels(sub.hemi, sub.roi).astype(object)
     own = np.ones(sub.n_voxels, bool) if mode == "voxel" else (sub.family == "retinotopic")
     if mode != "roi":
         labels[own] = [f"{lab}#{v}" for lab, v in zip(labels[own], np.flatnonzero(own), strict=True)]
@@ -121,6 +126,44 @@ def assign_queries(sub: SubjectData, mode: str) -> tuple[list[str], np.ndarray]:
         order = np.argsort(first)
         names, index = names[order], np.argsort(order)[index]
     return [str(n) for n in names], index
+
+
+def roi_labels(hemi: np.ndarray, roi: np.ndarray) -> np.ndarray:
+    """Each voxel's ROI label, ``lh.FFA-1``: the name of its query in ``roi`` mode."""
+    return np.char.add(np.char.add(np.asarray(hemi, str), "."), np.asarray(roi, str))
+
+
+def voxel_queries(attention: h5py.File, labels: np.ndarray) -> np.ndarray:
+    """Each voxel's row in an open ``attention.h5``'s maps, for voxels with ROI ``labels`` (`roi_labels`).
+
+    The file's ``voxel_query`` (the fitted model's voxel → query index, any query mode); in files written before
+    it, the query named like the voxel's label (-1: none is).
+    """
+    if "voxel_query" in attention:
+        index = attention["voxel_query"][()].astype(np.int64)
+        if len(index) != len(labels):
+            raise BrainattError(
+                f"{attention.filename}: maps of {len(index)} voxels for {len(labels)} scored voxels: "
+                "the attention file is another subject's or stale; rerun the transformer encoder"
+            )
+        return index
+    names = {name: q for q, name in enumerate(attention["queries"][()].astype(str))}
+    return np.array([names.get(label, -1) for label in labels], np.int64)
+
+
+def roi_attention(maps: h5py.Dataset | np.ndarray, voxel_query: np.ndarray, voxels: np.ndarray) -> np.ndarray | None:
+    """``(N, gh, gw)``: what ``voxels`` attend to, the mean over them of the map of the query each one reads.
+
+    ``maps`` is ``attention.h5``'s ``(query, image, gh, gw)``. With ROI queries that is their query's own map, as
+    stored; with per-voxel queries the mean of the voxels' maps; ``None`` when none of them reads a query.
+    """
+    queries, counts = np.unique(voxel_query[voxels], return_counts=True)
+    counts, queries = counts[queries >= 0], queries[queries >= 0]
+    if not len(queries):
+        return None
+    if len(queries) == 1:
+        return maps[int(queries[0])]
+    return np.tensordot(counts / counts.sum(), maps[queries].astype(np.float64), axes=1)
 
 
 def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -59,7 +59,10 @@ class EncodingConfig:
         return cls(**cfg)
 
 
-ARCH_KEYS = {"transformer": ("width", "depth", "heads", "ff", "dropout", "queries"), "factorized": ("maps",)}
+ARCH_KEYS = {
+    "transformer": ("width", "depth", "heads", "ff", "dropout", "positions", "queries"),
+    "factorized": ("maps",),
+}
 
 
 def split_settings(section: dict[str, Any], encoder: str) -> tuple[dict[str, Any], TrainConfig]:
@@ -76,7 +79,7 @@ def build_model(encoder: str, arch: dict[str, Any], sub: SubjectData, grid: tupl
     """The torch encoder for a subject, with its queries (transformer) or spatial maps (factorized)."""
     names, index = assign_queries(sub, arch.get("queries", arch.get("maps", "roi")))
     if encoder == "transformer":
-        kw = {k: arch[k] for k in ("width", "depth", "heads", "ff", "dropout") if k in arch}
+        kw = {k: arch[k] for k in ("width", "depth", "heads", "ff", "dropout", "positions") if k in arch}
         content = np.unique(index[sub.family == "category"])
         return AttentionRoutingEncoder(index, len(names), grid, width, content_queries=content, **kw), names
     return FactorizedEncoder(index, len(names), grid, width), names
@@ -147,7 +150,8 @@ def _fit_torch(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: Encodin
     pred = np.einsum("mv,mnv->nv", weights, np.stack(preds))
     state["ensemble_weights"] = torch.from_numpy(weights.astype(np.float32))
     info = {"arch": arch, "train": dataclasses.asdict(train), "members": members, "queries": queries}
-    return {"pred": pred, "state": state, "info": info, "attention": attention}
+    voxel_query = model.readout.voxel_query.cpu().numpy()  # the same in every member
+    return {"pred": pred, "state": state, "info": info, "attention": attention, "voxel_query": voxel_query}
 
 
 def _test_maps(
@@ -200,7 +204,8 @@ def _fit_ridge(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: Encodin
 
 
 def _write_attention(path: Path, result: dict, nsd_ids: np.ndarray, grid: tuple[int, int], config: dict) -> None:
-    """Ensemble-mean test maps (as the reference, a plain mean over members), both head weightings."""
+    """Ensemble-mean test maps (as the reference, a plain mean over members), both head weightings, and the query
+    each voxel reads."""
     members = result["attention"]
 
     def ensemble(key: str) -> np.ndarray:
@@ -208,6 +213,8 @@ def _write_attention(path: Path, result: dict, nsd_ids: np.ndarray, grid: tuple[
 
     with atomic_h5(path, config, "cross-attention weights of the last layer (sum to 1 per map)") as f:
         f["queries"] = np.array(result["info"]["queries"], dtype="S")
+        f["voxel_query"] = result["voxel_query"]
+        f["voxel_query"].attrs["description"] = "(voxel,): the query each voxel reads (row of maps)"
         f["nsd_ids"] = nsd_ids
         f["maps"] = ensemble("weighted")
         f["maps"].attrs["description"] = "(query, image, gh, gw): each image's heads weighted by head_importance"

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from brainatt.encoding.data import roi_attention, roi_labels, voxel_queries
 from brainatt.io import BrainattError
 from brainatt.synth.brain import VisualSystem, VoxelReadout
 from brainatt.synth.scenes import CATEGORIES, OBJECT_CATEGORIES, render
@@ -119,31 +120,40 @@ def truth_maps(
 def routing_scores(
     attention_h5: str | Path, voxel_scores: pd.DataFrame, ground_truth: str | Path, subject: str
 ) -> pd.DataFrame:
-    """One row per query: what its voxels are in truth and how well its attention routes to it."""
+    """One row per ROI × hemisphere (``query``: its label, ``lh.FFA-1``): what its voxels are in truth and how well
+    what they attend to routes to it. With ROI queries that is the ROI's query's map; with other query modes the
+    mean over the ROI's voxels of the map of the query each reads (`data.roi_attention`)."""
     gt = Path(ground_truth)
-    with h5py.File(attention_h5, "r") as f:
-        queries = f["queries"][()].astype(str)
-        nsd_ids = f["nsd_ids"][()]
-        maps = f["maps"][()].astype(np.float64)
-        head_mean = f["maps_head_mean"][()].astype(np.float64) if "maps_head_mean" in f else None
-        grid = tuple(int(v) for v in f.attrs["grid"])
     with h5py.File(gt / f"{subject}.h5", "r") as f:
         kind = f["kind"][()].astype(str)
         prf_x, prf_y = f["params/prf_x"][()], f["params/prf_y"][()]
     if len(kind) != len(voxel_scores):
         raise BrainattError(f"{gt / subject}.h5: {len(kind)} voxels but the encoder scored {len(voxel_scores)}")
+    scores = voxel_scores.sort_values("voxel")
+    labels = roi_labels(scores["hemi"], scores["roi"])
+    with h5py.File(attention_h5, "r") as f:
+        nsd_ids = f["nsd_ids"][()]
+        grid = tuple(int(v) for v in f.attrs["grid"])
+        voxel_query = voxel_queries(f, labels)
+        rois = {label: np.flatnonzero(labels == label) for label in np.unique(labels)}
+        maps = {label: roi_attention(f["maps"], voxel_query, voxels) for label, voxels in rois.items()}
+        head_mean = (
+            {label: roi_attention(f["maps_head_mean"], voxel_query, voxels) for label, voxels in rois.items()}
+            if "maps_head_mean" in f
+            else None
+        )
     cover, cats = _test_scenes(gt, nsd_ids, grid)
     objects = _masks_from_cover(cover)
     brain = load_brain(gt, subject)
     x, y = _grid_centres(grid)
-    label = voxel_scores["hemi"].astype(str) + "." + voxel_scores["roi"].astype(str)
     rows = []
-    for q, name in enumerate(queries):
-        voxels = np.flatnonzero(label.to_numpy() == name)
+    for name, voxels in rois.items():
+        if maps[name] is None:  # no voxel of this ROI reads a query (an attention file older than voxel_query)
+            continue
         kinds = [k.partition(":")[0] for k in kind[voxels]]
-        truth = Counter(kinds).most_common(1)[0][0] if kinds else ""
+        truth = Counter(kinds).most_common(1)[0][0]
         row = {"subject": subject, "query": name, "truth": truth or "unlabelled", "n_voxels": len(voxels)}
-        a = maps[q]
+        a = maps[name].astype(np.float64)
         if truth in OBJECT_CATEGORIES:
             masks = objects[:, CATEGORIES.index(truth)]
             share = masks.mean((1, 2))
@@ -164,7 +174,9 @@ def routing_scores(
                     truth_mass_ratio=truth_mass[has].mean() / chance,
                 )
                 if head_mean is not None:
-                    row["mass_ratio_head_mean"] = (head_mean[q] * masks).sum((1, 2))[has].mean() / chance
+                    row["mass_ratio_head_mean"] = (head_mean[name].astype(np.float64) * masks).sum((1, 2))[
+                        has
+                    ].mean() / chance
             if small.any():
                 row.update(n_small=int(small.sum()), mass_ratio_small=mass[small].mean() / share[small].mean())
         elif truth.startswith(("V", "hV")):
@@ -181,7 +193,7 @@ def routing_scores(
                 distance_uniform=float(np.hypot(0.5 - tx, 0.5 - ty)),
             )
             if head_mean is not None:
-                hx, hy = _centroid(head_mean[q], x, y)
+                hx, hy = _centroid(head_mean[name].astype(np.float64), x, y)
                 row["distance_head_mean"] = float(np.hypot(hx - tx, hy - ty))
         rows.append(row)
     return pd.DataFrame(rows)

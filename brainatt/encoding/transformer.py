@@ -95,6 +95,8 @@ class AttentionRoutingEncoder(nn.Module):
         which is the default. Another width adds a linear projection of the tokens.
     depth, heads, ff, dropout : decoder size.
     content_queries : indices of the queries of content (category) ROIs, the ones `attention_entropy` regularises.
+    positions : add the sine position codes to the keys (default). ``False`` leaves the keys without them, the
+        reference code's commented-out ``pos_embed = 0``: queries can then route only by what a token holds.
     """
 
     def __init__(
@@ -109,13 +111,15 @@ class AttentionRoutingEncoder(nn.Module):
         ff: int = 512,
         dropout: float = 0.1,
         content_queries: np.ndarray | None = None,
+        positions: bool = True,
     ) -> None:
         super().__init__()
         width = width or token_width
         self.grid = tuple(grid)
         self.project = nn.Identity() if width == token_width else nn.Linear(token_width, width)
         self.query_embed = nn.Parameter(torch.randn(n_queries, width))
-        self.register_buffer("pos", sine_positions(self.grid, width), persistent=False)
+        pos = sine_positions(self.grid, width)
+        self.register_buffer("pos", pos if positions else torch.zeros_like(pos), persistent=False)
         self.layers = nn.ModuleList(CrossAttentionLayer(width, heads, ff, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.readout = VoxelReadout(voxel_query, width)

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import ndimage
 
+from brainatt.encoding.data import roi_attention, roi_labels, voxel_queries
 from brainatt.encoding.evaluate import NC_MIN
 from brainatt.io import BrainattError, atomic_path, read_by_nsd_id
 
@@ -328,20 +329,12 @@ def plot_brain_maps(
 # --- 3. attention routing ------------------------------------------------------------------------------------
 
 
-def parse_query(query: str) -> tuple[str, str]:
+def parse_roi_label(label: str) -> tuple[str, str]:
     """``'lh.FFA-1'`` → ``('lh', 'FFA-1')``."""
-    hemi, sep, roi = query.partition(".")
+    hemi, sep, roi = label.partition(".")
     if not sep or hemi not in ("lh", "rh"):
-        raise BrainattError(f"attention query {query!r} is not '<lh|rh>.<roi>': re-run the transformer encoder")
+        raise BrainattError(f"ROI label {label!r} is not '<lh|rh>.<roi>': the voxel scores' hemi column is not lh/rh")
     return hemi, roi
-
-
-def query_voxels(voxel_scores: pd.DataFrame, query: str) -> np.ndarray:
-    """Voxel indices (responses.h5 order) of a query's hemisphere and ROI."""
-    _require(voxel_scores, ["voxel", "roi", "hemi"], "voxel scores")
-    hemi, roi = parse_query(query)
-    sel = (voxel_scores["hemi"] == hemi) & (voxel_scores["roi"] == roi)
-    return voxel_scores.loc[sel, "voxel"].to_numpy(dtype=np.int64)
 
 
 def top_images(pred: np.ndarray, nsd_ids: np.ndarray, voxels: np.ndarray, n_top: int) -> tuple[np.ndarray, np.ndarray]:
@@ -363,9 +356,9 @@ def upsample(att: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     )
 
 
-def query_label(query: str) -> str:
-    """Row label of a query: ``'lh.FFA-1'`` → ``'FFA-1 (lh)'``."""
-    hemi, roi = parse_query(query)
+def roi_title(label: str) -> str:
+    """Row title of a ROI: ``'lh.FFA-1'`` → ``'FFA-1 (lh)'``."""
+    hemi, roi = parse_roi_label(label)
     return f"{roi} ({hemi})"
 
 
@@ -376,32 +369,37 @@ def attention_figure(
     voxel_scores: pd.DataFrame,
     n_top: int = 4,
     include_rest: bool = False,
-    queries: Sequence[str] | None = None,
+    rois: Sequence[str] | None = None,
 ) -> tuple[Figure, pd.DataFrame]:
-    """The attention grid (see `plot_attention_maps`) and its panels: query, rank, nsd_id, pred_mean.
+    """The attention grid (see `plot_attention_maps`) and its panels: query (the ROI's label, ``lh.FFA-1``), rank,
+    nsd_id, pred_mean.
 
-    Every panel's matplotlib gid is the query whose map it shows (it becomes the element id in SVG output).
+    Every panel's matplotlib gid is the ROI label whose map it shows (it becomes the element id in SVG output).
     """
     with h5py.File(test_pred_h5, "r") as f:
         pred_ids, pred = f["nsd_ids"][()], f["pred"][()]
+    _require(voxel_scores, ["voxel", "roi", "hemi"], "voxel scores")
+    scores = voxel_scores.sort_values("voxel")
+    labels = roi_labels(scores["hemi"], scores["roi"])
     with h5py.File(attention_h5, "r") as a:
-        names = [q.decode() if isinstance(q, bytes) else str(q) for q in a["queries"][()]]
+        voxel_query = voxel_queries(a, labels)
         att_ids = a["nsd_ids"][()]
         keep = np.isin(pred_ids, att_ids)  # rank only images that have attention maps
         pred, pred_ids = pred[keep], pred_ids[keep]
         att_row = {int(n): i for i, n in enumerate(att_ids)}
         drawn = {}
-        for q in queries if queries is not None else names:
-            if q not in names:
-                raise BrainattError(f"{attention_h5}: no attention query {q!r} (it has {names[:6]}…)")
-            if parse_query(q)[1] == "rest" and not include_rest and queries is None:
+        for q in rois if rois is not None else np.unique(labels):
+            voxels = np.flatnonzero(labels == q)
+            if rois is not None and not len(voxels):
+                raise BrainattError(f"no voxels in ROI {q!r} in the voxel scores (ROIs: {np.unique(labels)[:6]}…)")
+            if parse_roi_label(q)[1] == "rest" and not include_rest and rois is None:
                 continue
-            voxels = query_voxels(voxel_scores, q)
-            if not len(voxels):  # an empty ROI's query gets no gradient: its map is untrained noise
+            maps = roi_attention(a["maps"], voxel_query, voxels)
+            if maps is None:  # no voxel of the ROI reads a query
                 continue
-            ids, means = top_images(pred, pred_ids, voxels, n_top)
-            maps = a["maps"][names.index(q)].astype(np.float32)  # (N, gh, gw): this query's own row
-            drawn[parse_query(q)] = (q, ids, means, maps[[att_row[int(n)] for n in ids]], maps.mean(0))
+            maps = np.asarray(maps, dtype=np.float32)  # (N, gh, gw)
+            ids, means = top_images(pred, pred_ids, scores["voxel"].to_numpy()[voxels], n_top)
+            drawn[parse_roi_label(q)] = (str(q), ids, means, maps[[att_row[int(n)] for n in ids]], maps.mean(0))
     if not drawn:
         raise BrainattError(f"{attention_h5}: no query has voxels in the voxel scores: nothing to draw")
     stimuli = _read_images(stimuli_h5, np.concatenate([d[1] for d in drawn.values()]))
@@ -432,7 +430,7 @@ def attention_figure(
                 continue
             q, ids, means, maps, mean_map = entry
             im = row[0].imshow(upsample(mean_map, (h, w)) * uniform, cmap="viridis", vmin=0, vmax=vmax)
-            row[0].set_title(query_label(q), fontsize=8, fontweight="bold", pad=2)
+            row[0].set_title(roi_title(q), fontsize=8, fontweight="bold", pad=2)
             for rank, ax in enumerate(row[1:]):
                 if rank >= len(ids):
                     ax.set_axis_off()
@@ -471,15 +469,17 @@ def plot_attention_maps(
     out: str | Path,
     n_top: int = 4,
     include_rest: bool = False,
-    queries: Sequence[str] | None = None,
+    rois: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Grid figure, one row per ROI query: its mean map, then its ``n_top`` test images ranked by the encoder's
-    predicted mean response of the query's voxels, each overlaid with that query's attention map (viridis, α 0.45).
+    """Grid figure, one row per ROI: the mean map of what its voxels attend to, then its ``n_top`` test images
+    ranked by the encoder's predicted mean response of the ROI's voxels, each overlaid with that map (viridis,
+    α 0.45). With ROI queries the map is the ROI's query's; with per-voxel or hemisphere queries the mean over the
+    ROI's voxels of the map of the query each reads (`data.roi_attention`).
 
-    ``rest`` queries are left out unless ``include_rest`` (or named in ``queries``); queries whose ROI has no voxels
-    are left out. Returns the panels drawn (query, rank, nsd_id, pred_mean).
+    ``rest`` ROIs are left out unless ``include_rest`` (or named in ``rois``, labels such as ``lh.FFA-1``); ROIs
+    without voxels are not drawn. Returns the panels drawn (query: the ROI label, rank, nsd_id, pred_mean).
     """
-    fig, panels = attention_figure(attention_h5, stimuli_h5, test_pred_h5, voxel_scores, n_top, include_rest, queries)
+    fig, panels = attention_figure(attention_h5, stimuli_h5, test_pred_h5, voxel_scores, n_top, include_rest, rois)
     _save(fig, out)
     return panels
 

@@ -1,0 +1,168 @@
+"""What the transformer's accuracy rests on: the digest's claims 4 (position codes) and 6 (query granularity).
+
+Not a timing. Each arm changes one thing in the demo's transformer and refits it as the pipeline does (every
+cached layer, seed 0, ``fit.train_member`` on the demo's validation split, the per-voxel softmax(τ·r_val) layer
+ensemble), then scores the test images with `evaluate.voxel_scores`, the pipeline's scoring, always by the voxels'
+true ROI families. The reference is the demo's own transformer (its ``test_pred.h5``), so every arm is paired with
+it per subject. Arms are ``encoding.transformer`` settings, plus ``rois=shuffled`` (each hemisphere's voxels get
+their ROI labels in random order, ROI sizes kept, so a query serves voxels that route differently):
+
+- ``positions=false``: keys without position codes. Claim 4: that should hurt retinotopic voxels much more than
+  category ones (which route by content wherever the object is).
+- ``queries=hemisphere``: one query per hemisphere, every ROI sharing one routing. Claim 6: the worst for ROIs
+  whose voxels route differently, the category ROIs.
+- ``rois=shuffled``: claim 6, shuffling the voxel → ROI assignment should cost accuracy.
+
+Fits run in ``--workers`` processes of one thread each.
+
+    python bench/ablations.py                      # after make demo; --no-record prints only
+    python bench/ablations.py --subjects subj01 --arms positions=false --no-record
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from common import code_version, demo_arguments, parse_arm, record
+
+from brainatt.encoding.data import FAMILIES, SubjectData, load_subject, validation_split
+from brainatt.encoding.evaluate import NC_MIN, load_truth, summarize, voxel_scores
+from brainatt.encoding.fit import train_member
+from brainatt.encoding.train import ensemble_weights, predict
+from brainatt.features.cache import FeatureCache
+
+ARMS = ("positions=false", "queries=hemisphere", "rois=shuffled")
+COLUMNS = ("all", *FAMILIES)
+
+
+def shuffled_rois(sub: SubjectData, seed: int = 0) -> SubjectData:
+    """``sub`` with each hemisphere's ROI labels permuted over its voxels (families, responses and NC unchanged)."""
+    rng = np.random.default_rng(seed)
+    roi = sub.roi.copy()
+    for hemi in np.unique(sub.hemi):
+        voxels = np.flatnonzero(sub.hemi == hemi)
+        roi[voxels] = roi[rng.permutation(voxels)]
+    return dataclasses.replace(sub, roi=roi)
+
+
+def demo_settings(results: Path, subject: str) -> dict:
+    """The ``encoding`` section the demo's transformer of ``subject`` was fitted with."""
+    return json.loads((results / "encoding" / subject / "transformer" / "model.json").read_text())["encoding"]
+
+
+def fit_one(results: Path, features: str, subject: str, arm: str, layer: int) -> dict:
+    """One member (seed 0) of ``arm`` on ``subject``'s ``layer``: its validation r and test predictions."""
+    torch.set_num_threads(1)
+    sub = load_subject(results / "prep" / subject / "responses.h5")
+    cache = FeatureCache(results / "features" / features)
+    demo = demo_settings(results, subject)
+    settings = demo["transformer"] | parse_arm(arm)
+    if settings.pop("rois", None) == "shuffled":
+        sub = shuffled_rois(sub)
+    split = validation_split(len(sub.train_ids), demo["val_fraction"], demo["split_seed"])
+    x = torch.from_numpy(cache.tokens(layer, sub.train_ids))
+    model, r, history, queries = train_member("transformer", settings, sub, cache.grid, x, split, seed=0)
+    pred = predict(model, torch.from_numpy(cache.tokens(layer, sub.test_ids)))
+    seconds = float(np.median([h["s"] for h in history]))
+    return {"subject": subject, "arm": arm, "layer": layer, "val_r": r, "pred": pred, "epochs": len(history)} | {
+        "s_epoch": seconds,
+        "n_queries": len(queries),
+    }
+
+
+def family_scores(results: Path, subject: str, arm: str, pred: np.ndarray) -> dict:
+    """NC-normalised test accuracy per family (voxels with NC ≥ NC_MIN) and mean r against the truth, all voxels."""
+    sub = load_subject(results / "prep" / subject / "responses.h5")
+    truth = load_truth(results / "nsd-synth" / "ground_truth" / f"{subject}.h5", sub)
+    table = summarize(voxel_scores(sub, pred, truth), subject, "transformer").set_index("roi")
+    row = {"subject": subject, "arm": arm, "all": table.loc["all", "nc_norm"], "r_truth": table.loc["all", "r_truth"]}
+    return row | {family: table.loc[f"family:{family}", "nc_norm"] for family in FAMILIES}
+
+
+def ensemble_rows(results: Path, members: list[dict]) -> pd.DataFrame:
+    """One row per subject × arm: the arm's layer ensemble (weights from validation r) and the demo's reference."""
+    rows = []
+    for (subject, arm), group in pd.DataFrame(members).groupby(["subject", "arm"], sort=False):
+        tau = demo_settings(results, subject)["ensemble_temperature"]
+        weights = ensemble_weights(np.stack(group["val_r"].tolist()), tau)
+        pred = np.einsum("mv,mnv->nv", weights, np.stack(group["pred"].tolist()))
+        row = family_scores(results, subject, arm, pred)
+        row |= {"epochs": group["epochs"].mean(), "s_epoch": group["s_epoch"].median()}
+        rows.append(row | {"n_queries": int(group["n_queries"].iloc[0])})
+    for subject in dict.fromkeys(m["subject"] for m in members):
+        with h5py.File(results / "encoding" / subject / "transformer" / "test_pred.h5", "r") as f:
+            pred = f["pred"][()]
+        info = json.loads((results / "encoding" / subject / "transformer" / "model.json").read_text())
+        row = family_scores(results, subject, "reference", pred)
+        epochs = np.mean([m["epochs"] for m in info["members"]])
+        rows.append(row | {"epochs": epochs, "s_epoch": np.nan, "n_queries": len(info["queries"])})
+    return pd.DataFrame(rows)
+
+
+def section(table: pd.DataFrame, arms: list[str], subjects: list[str], workers: int, results: Path) -> str:
+    """The RESULTS.md subsection: per arm, means over subjects and the change paired against the reference."""
+    ref = table[table["arm"] == "reference"].set_index("subject")
+    lines = [
+        "### Routing ablations (test images of the demo, `bench/ablations.py`)",
+        "",
+        f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; code: {code_version(('brainatt',))}; "
+        f"subjects {', '.join(subjects)}; reference: the demo's transformer in `{results}`",
+        f"- NC-normalised test accuracy (voxels with NC ≥ {NC_MIN:g} %) of each arm's layer ensemble, mean over "
+        "subjects, and in brackets the change\n  against the reference: mean, worst subject; r truth: mean r "
+        "against the noise-free responses, all voxels; epochs: mean\n  over members; s/epoch: median, "
+        f"{workers} one-thread workers side by side",
+        "",
+        "| arm | queries | " + " | ".join(COLUMNS) + " | r truth | epochs | s/epoch |",
+        "|---|---:|" + "---:|" * (len(COLUMNS) + 3),
+    ]
+    for arm in ["reference", *arms]:
+        rows = table[table["arm"] == arm].set_index("subject")
+        cells = []
+        for column in (*COLUMNS, "r_truth"):
+            delta = rows[column] - ref[column].reindex(rows.index)
+            change = "" if arm == "reference" else f" ({delta.mean():+.3f}, {delta.min():+.3f})"
+            cells.append(f"{rows[column].mean():.3f}{change}")
+        seconds = "" if rows["s_epoch"].isna().all() else f"{rows['s_epoch'].median():.1f}"
+        low, high = rows["n_queries"].min(), rows["n_queries"].max()
+        queries = f"{low}" if low == high else f"{low}–{high}"
+        lines.append(f"| `{arm}` | {queries} | {' | '.join(cells)} | {rows['epochs'].mean():.1f} | {seconds} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = demo_arguments(__doc__)
+    p.add_argument("--arms", nargs="+", default=list(ARMS), help="encoding.transformer settings, key=value,...")
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    args = p.parse_args()
+    layers = FeatureCache(args.results / "features" / args.features).layers
+    jobs = [(s, arm, layer) for arm in args.arms for s in args.subjects for layer in layers]
+    with ProcessPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(fit_one, args.results, args.features, *job) for job in jobs]
+        members = []
+        for done, future in enumerate(futures, 1):
+            members.append(future.result())
+            m = members[-1]
+            print(
+                f"[{done}/{len(jobs)}] {m['subject']} {m['arm']} layer {m['layer']}: val r {m['val_r'].mean():.4f}, "
+                f"{m['epochs']} epochs, {m['s_epoch']:.1f} s/epoch",
+                flush=True,
+            )
+    table = ensemble_rows(args.results, members)
+    print(table.to_string())
+    text = section(table, args.arms, args.subjects, args.workers, args.results)
+    print(text)
+    if not args.no_record:
+        record("## encoding accuracy on the nsd-synth demo", text, subsection="Routing ablations")
+
+
+if __name__ == "__main__":
+    main()
