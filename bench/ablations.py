@@ -59,24 +59,23 @@ def demo_settings(results: Path, subject: str) -> dict:
     return json.loads((results / "encoding" / subject / "transformer" / "model.json").read_text())["encoding"]
 
 
-def fit_one(results: Path, features: str, subject: str, arm: str, layer: int) -> dict:
-    """One member (seed 0) of ``arm`` on ``subject``'s ``layer``: its validation r and test predictions."""
+def fit_one(results: Path, features: str, subject: str, arm: str, layer: int, seed: int = 0) -> dict:
+    """One member of ``arm`` (``""``: the demo's settings) on ``subject``'s ``layer``: its validation r and test
+    predictions."""
     torch.set_num_threads(1)
     sub = load_subject(results / "prep" / subject / "responses.h5")
     cache = FeatureCache(results / "features" / features)
     demo = demo_settings(results, subject)
-    settings = demo["transformer"] | parse_arm(arm)
+    settings = demo["transformer"] | (parse_arm(arm) if arm else {})
     if settings.pop("rois", None) == "shuffled":
         sub = shuffled_rois(sub)
     split = validation_split(len(sub.train_ids), demo["val_fraction"], demo["split_seed"])
     x = torch.from_numpy(cache.tokens(layer, sub.train_ids))
-    model, r, history, queries = train_member("transformer", settings, sub, cache.grid, x, split, seed=0)
+    model, r, history, queries = train_member("transformer", settings, sub, cache.grid, x, split, seed)
     pred = predict(model, torch.from_numpy(cache.tokens(layer, sub.test_ids)))
     seconds = float(np.median([h["s"] for h in history]))
-    return {"subject": subject, "arm": arm, "layer": layer, "val_r": r, "pred": pred, "epochs": len(history)} | {
-        "s_epoch": seconds,
-        "n_queries": len(queries),
-    }
+    member = {"subject": subject, "arm": arm, "layer": layer, "seed": seed, "val_r": r, "pred": pred}
+    return member | {"epochs": len(history), "s_epoch": seconds, "n_queries": len(queries)}
 
 
 def family_scores(results: Path, subject: str, arm: str, pred: np.ndarray) -> dict:
