@@ -225,6 +225,16 @@ def _write_attention(path: Path, result: dict, nsd_ids: np.ndarray, grid: tuple[
         f.attrs["grid"] = list(grid)
 
 
+def fit_predict(
+    encoder: str, sub: SubjectData, cache: FeatureCache, cfg: EncodingConfig, device: str | None = None
+) -> dict[str, Any]:
+    """Fit ``encoder`` to ``sub``'s training images and predict its test images: ``pred`` ``(N_test, V)``, the
+    weights (``state``), what `fit_encoder` writes to ``model.json`` (``info``) and the transformer's test maps."""
+    if encoder in ("transformer", "factorized"):
+        return _fit_torch(encoder, sub, cache, cfg, device or default_device())
+    return _fit_ridge(encoder, sub, cache, cfg)
+
+
 def fit_encoder(
     responses: str | Path,
     features: str | Path,
@@ -240,10 +250,7 @@ def fit_encoder(
     t0 = time.time()
     sub = load_subject(responses)
     cache = FeatureCache(features)
-    if encoder in ("transformer", "factorized"):
-        result = _fit_torch(encoder, sub, cache, cfg, device or default_device())
-    else:
-        result = _fit_ridge(encoder, sub, cache, cfg)
+    result = fit_predict(encoder, sub, cache, cfg, device)
     pred = result["pred"].astype(np.float32)
     scores = voxel_scores(sub, pred, load_truth(truth, sub) if truth else None)
     config = {"encoder": encoder, "encoding": dataclasses.asdict(cfg), "features": cache.backbone}
