@@ -25,19 +25,18 @@ import dataclasses
 import datetime
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import torch
-from common import code_version, demo_arguments, parse_arm, record
+from common import code_version, demo_arguments, parse_arm, pool_map, record
 
 from brainatt.encoding.data import FAMILIES, SubjectData, load_subject, validation_split
 from brainatt.encoding.evaluate import NC_MIN, load_truth, summarize, voxel_scores
 from brainatt.encoding.fit import train_member
-from brainatt.encoding.train import ensemble_weights, predict
+from brainatt.encoding.train import ensemble_predict, predict
 from brainatt.features.cache import FeatureCache
 
 ARMS = ("positions=false", "queries=hemisphere", "rois=shuffled")
@@ -92,8 +91,7 @@ def ensemble_rows(results: Path, members: list[dict]) -> pd.DataFrame:
     rows = []
     for (subject, arm), group in pd.DataFrame(members).groupby(["subject", "arm"], sort=False):
         tau = demo_settings(results, subject)["ensemble_temperature"]
-        weights = ensemble_weights(np.stack(group["val_r"].tolist()), tau)
-        pred = np.einsum("mv,mnv->nv", weights, np.stack(group["pred"].tolist()))
+        _, pred = ensemble_predict(np.stack(group["val_r"].tolist()), np.stack(group["pred"].tolist()), tau)
         row = family_scores(results, subject, arm, pred)
         row |= {"epochs": group["epochs"].mean(), "s_epoch": group["s_epoch"].median()}
         rows.append(row | {"n_queries": int(group["n_queries"].iloc[0])})
@@ -137,6 +135,14 @@ def section(table: pd.DataFrame, arms: list[str], subjects: list[str], workers: 
     return "\n".join(lines) + "\n"
 
 
+def describe(m: dict) -> str:
+    """A fitted member in one line, for the progress log."""
+    return (
+        f"{m['subject']} {m['arm'] or 'demo'} layer {m['layer']} seed {m['seed']}: val r {m['val_r'].mean():.4f}, "
+        + (f"{m['epochs']} epochs, {m['s_epoch']:.1f} s/epoch")
+    )
+
+
 def main() -> None:
     p = demo_arguments(__doc__)
     p.add_argument("--arms", nargs="+", default=list(ARMS), help="encoding.transformer settings, key=value,...")
@@ -144,17 +150,7 @@ def main() -> None:
     args = p.parse_args()
     layers = FeatureCache(args.results / "features" / args.features).layers
     jobs = [(s, arm, layer) for arm in args.arms for s in args.subjects for layer in layers]
-    with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(fit_one, args.results, args.features, *job) for job in jobs]
-        members = []
-        for done, future in enumerate(futures, 1):
-            members.append(future.result())
-            m = members[-1]
-            print(
-                f"[{done}/{len(jobs)}] {m['subject']} {m['arm']} layer {m['layer']}: val r {m['val_r'].mean():.4f}, "
-                f"{m['epochs']} epochs, {m['s_epoch']:.1f} s/epoch",
-                flush=True,
-            )
+    members = pool_map(fit_one, [(args.results, args.features, *job) for job in jobs], args.workers, describe)
     table = ensemble_rows(args.results, members)
     print(table.to_string())
     text = section(table, args.arms, args.subjects, args.workers, args.results)

@@ -7,6 +7,8 @@ import os
 import platform
 import re
 import subprocess
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -93,3 +95,14 @@ def parse_arm(arm: str) -> dict:
             except ValueError:
                 settings[key] = value
     return settings
+
+
+def pool_map(fn: Callable, jobs: Sequence[tuple], workers: int, describe: Callable = repr) -> list:
+    """``fn(*job)`` for every job in ``workers`` processes; results in job order, each printed as it is collected."""
+    with ProcessPoolExecutor(workers) as pool:
+        futures = [pool.submit(fn, *job) for job in jobs]
+        results = []
+        for done, future in enumerate(futures, 1):
+            results.append(future.result())
+            print(f"[{done}/{len(jobs)}] {describe(results[-1])}", flush=True)
+    return results

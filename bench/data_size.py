@@ -19,7 +19,6 @@ import dataclasses
 import datetime
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 from ablations import COLUMNS, demo_settings, family_scores
-from common import code_version, demo_arguments, record
+from common import code_version, demo_arguments, pool_map, record
 
 from brainatt.encoding.data import load_subject
 from brainatt.encoding.evaluate import NC_MIN
@@ -86,12 +85,8 @@ def main() -> None:
     args = p.parse_args()
     fractions = sorted({*args.fractions, 1.0})
     jobs = [(s, enc, f) for enc in ENCODERS for f in reversed(fractions) for s in args.subjects]  # slow ones first
-    with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(fit_one, args.results, args.features, *job) for job in jobs]
-        rows = []
-        for done, future in enumerate(futures, 1):
-            rows.append(future.result())
-            print(f"[{done}/{len(jobs)}] {json.dumps(rows[-1], default=float)}", flush=True)
+    jobs = [(args.results, args.features, *job) for job in jobs]
+    rows = pool_map(fit_one, jobs, args.workers, lambda row: json.dumps(row, default=float))
     table = pd.DataFrame(rows)
     print(table.to_string())
     text = section(table, args.subjects, args.workers)

@@ -17,13 +17,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from common import code_version, demo_arguments, parse_arm, record
+from common import code_version, demo_arguments, parse_arm, pool_map, record
 
 from brainatt.encoding.data import FAMILIES, load_subject, validation_split
 from brainatt.encoding.fit import split_settings, train_member
@@ -88,12 +87,7 @@ def main() -> None:
     layers = FeatureCache(args.results / "features" / args.features).layers
     jobs = [(s, arm, layer) for arm in args.arms for s in args.subjects for layer in layers]
     jobs.sort(key=lambda job: "voxel" not in job[1])  # the slow per-voxel maps first, so the workers end together
-    with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(fit_one, args.results, args.features, *job) for job in jobs]
-        rows = []
-        for done, future in enumerate(futures, 1):
-            rows.append(future.result())
-            print(f"[{done}/{len(jobs)}] {rows[-1]}", flush=True)
+    rows = pool_map(fit_one, [(args.results, args.features, *job) for job in jobs], args.workers)
     text = section(pd.DataFrame(rows), args.arms, args.subjects, args.workers)
     print(text)
     if not args.no_record:

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import datetime
 import os
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
-from ablations import COLUMNS, demo_settings, family_scores, fit_one
-from common import code_version, demo_arguments, record
+from ablations import COLUMNS, demo_settings, describe, family_scores, fit_one
+from common import code_version, demo_arguments, pool_map, record
 
 from brainatt.encoding.evaluate import NC_MIN
-from brainatt.encoding.train import ensemble_weights
+from brainatt.encoding.train import ensemble_predict
 from brainatt.features.cache import FeatureCache
 
 
@@ -59,24 +58,16 @@ def main() -> None:
     args = p.parse_args()
     layers = FeatureCache(args.results / "features" / args.features).layers
     jobs = [(s, layer, seed) for seed in range(args.seeds) for s in args.subjects for layer in layers]
-    with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(fit_one, args.results, args.features, s, "", layer, seed) for s, layer, seed in jobs]
-        members = []
-        for done, future in enumerate(futures, 1):
-            members.append(future.result())
-            m = members[-1]
-            print(
-                f"[{done}/{len(jobs)}] {m['subject']} layer {m['layer']} seed {m['seed']}: val r "
-                f"{m['val_r'].mean():.4f}, {m['epochs']} epochs",
-                flush=True,
-            )
+    jobs = [(args.results, args.features, s, "", layer, seed) for s, layer, seed in jobs]
+    members = pool_map(fit_one, jobs, args.workers, describe)
     rows = []
     for subject in args.subjects:
         tau = demo_settings(args.results, subject)["ensemble_temperature"]
         for k in range(1, args.seeds + 1):
             chosen = [m for m in members if m["subject"] == subject and m["seed"] < k]
-            weights = ensemble_weights(np.stack([m["val_r"] for m in chosen]), tau)
-            pred = np.einsum("mv,mnv->nv", weights, np.stack([m["pred"] for m in chosen]))
+            _, pred = ensemble_predict(
+                np.stack([m["val_r"] for m in chosen]), np.stack([m["pred"] for m in chosen]), tau
+            )
             rows.append(family_scores(args.results, subject, "", pred) | {"seeds": k})
     table = pd.DataFrame(rows)
     print(table.to_string())

@@ -21,7 +21,7 @@ from brainatt.encoding.fit import _test_maps
 from brainatt.encoding.metrics import pearson_r
 from brainatt.encoding.readout import VoxelReadout
 from brainatt.encoding.ridge import RidgeCV
-from brainatt.encoding.train import TrainConfig, ensemble_weights, fit, predict
+from brainatt.encoding.train import TrainConfig, ensemble_predict, ensemble_weights, fit, predict
 from brainatt.encoding.transformer import AttentionRoutingEncoder, attention_entropy, combine_heads, sine_positions
 from brainatt.io import BrainattError
 
@@ -300,3 +300,7 @@ def test_ensemble_weights_are_a_per_voxel_softmax_summing_to_one() -> None:
     np.testing.assert_allclose(w.sum(0), 1)
     assert w[1, 0] > 0.99 and w[0, 1] > 0.99
     np.testing.assert_allclose(ensemble_weights(r, temperature=0), 0.5)
+    preds = np.random.default_rng(0).normal(size=(2, 3, 2))  # (members, images, voxels)
+    weights, pred = ensemble_predict(r, preds, temperature=40)
+    np.testing.assert_array_equal(weights, w)
+    np.testing.assert_allclose(pred, w[0] * preds[0] + w[1] * preds[1])

@@ -31,7 +31,7 @@ from brainatt.encoding.data import SubjectData, assign_queries, load_subject, va
 from brainatt.encoding.evaluate import NC_MIN, load_truth, voxel_scores
 from brainatt.encoding.factorized import FactorizedEncoder
 from brainatt.encoding.ridge import RidgeCV
-from brainatt.encoding.train import TrainConfig, ensemble_weights, fit, predict
+from brainatt.encoding.train import TrainConfig, ensemble_predict, fit, predict
 from brainatt.encoding.transformer import AttentionRoutingEncoder, combine_heads
 from brainatt.features.cache import FeatureCache, default_device
 from brainatt.io import BrainattError, atomic_h5, atomic_path
@@ -146,8 +146,7 @@ def _fit_torch(encoder: str, sub: SubjectData, cache: FeatureCache, cfg: Encodin
             state.update({f"member{m}.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
             if encoder == "transformer":
                 attention.append(_test_maps(model, x_test, x[split[1]]))
-    weights = ensemble_weights(np.stack(val_r), cfg.ensemble_temperature)
-    pred = np.einsum("mv,mnv->nv", weights, np.stack(preds))
+    weights, pred = ensemble_predict(np.stack(val_r), np.stack(preds), cfg.ensemble_temperature)
     state["ensemble_weights"] = torch.from_numpy(weights.astype(np.float32))
     info = {"arch": arch, "train": dataclasses.asdict(train), "members": members, "queries": queries}
     voxel_query = model.readout.voxel_query.cpu().numpy()  # the same in every member
