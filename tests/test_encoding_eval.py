@@ -15,6 +15,7 @@ import yaml
 
 from brainatt.encoding.data import QUERY_MODES, SubjectData, assign_queries, roi_attention, validation_split
 from brainatt.encoding.evaluate import load_truth, summarize, voxel_scores
+from brainatt.encoding.fit import build_model, split_settings
 from brainatt.encoding.readout import VoxelReadout
 from brainatt.encoding.routing import object_masks, routing_scores, truth_maps
 from brainatt.features.cache import FeatureCache, backbone_slug
@@ -72,6 +73,8 @@ def test_config_schema_accepts_every_query_mode_and_no_other() -> None:
     for mode in QUERY_MODES:
         config["encoding"]["transformer"] = {"queries": mode}
         jsonschema.validate(config, schema)
+    config["encoding"]["transformer"] = {"queries": "hemisphere", "positions": False}
+    jsonschema.validate(config, schema)
     config["encoding"]["transformer"] = {"queries": "hemis"}
     with pytest.raises(jsonschema.ValidationError, match="hemis"):
         jsonschema.validate(config, schema)
@@ -287,3 +290,13 @@ def test_feature_cache_returns_rows_in_the_order_asked(tmp_path: Path) -> None:
         cache.tokens(-2, ids)
     assert backbone_slug("facebook/dinov2-base") == "facebook-dinov2-base"
     assert backbone_slug("kit:clip") == "kit-clip"
+
+
+def test_transformer_settings_reach_the_model() -> None:
+    sub = _subject()
+    arch, _ = split_settings({"positions": False, "queries": "hemisphere", "heads": 2}, "transformer")
+    model, names = build_model("transformer", arch, sub, GRID, 8)
+    assert names == ["lh", "rh"] and model.layers[0].heads == 2
+    assert not model.pos.any()
+    model, _ = build_model("transformer", {"heads": 2}, sub, GRID, 8)
+    assert model.pos.abs().sum() > 0
