@@ -6,8 +6,8 @@ pipeline does (`fit.fit_predict` with the demo's ``encoding`` settings: the tran
 ``ridge_tokens``: PCA on the kept training images, `RidgeCV` per layer, the best layer per voxel by CV). The test
 images are the same in every fit and only scored (`evaluate.voxel_scores`). f = 1 is the demo's own fits. The
 claim: the ROI-query model should gain more over a linear map of all tokens when there are few training images,
-and the gap should shrink as they grow. (The digest's linear map is the full flattened 961·768 tokens; the
-pipeline's ``ridge_tokens`` first reduces them by PCA, 512 components or one fewer than the training images.)
+and the gap should shrink as they grow. The digest's linear map is the full flattened tokens (961·768 there):
+``ridge_full`` here. The pipeline's ``ridge_tokens`` first reduces them by PCA to at most 512 components.
 Fits run in ``--workers`` processes of one thread each.
 
     python bench/data_size.py                      # after make demo; --no-record prints only
@@ -33,47 +33,61 @@ from brainatt.encoding.evaluate import NC_MIN
 from brainatt.encoding.fit import EncodingConfig, fit_predict
 from brainatt.features.cache import FeatureCache
 
-ENCODERS = ("transformer", "ridge_tokens")
+ENCODERS = ("transformer", "ridge_tokens", "ridge_full")  # ridge_full: ridge_tokens keeping every PCA component
 FRACTIONS = (0.25, 0.5)
 
 
 def fit_one(results: Path, features: str, subject: str, encoder: str, fraction: float) -> dict:
-    """``encoder`` fitted on a fixed ``fraction`` of ``subject``'s training images (1: the demo's fit), scored."""
+    """``encoder`` fitted on a fixed ``fraction`` of ``subject``'s training images (1: the demo's fit), scored.
+
+    ``ridge_full`` is ``ridge_tokens`` with as many PCA components as the training images allow (n − 1): ridge's
+    solution lies in the span of the centred training tokens, so that is ridge on all the flattened tokens.
+    """
     torch.set_num_threads(1)
     sub = load_subject(results / "prep" / subject / "responses.h5")
-    if fraction == 1:
-        with h5py.File(results / "encoding" / subject / encoder / "test_pred.h5", "r") as f:
+    demo_fit = results / "encoding" / subject / encoder / "test_pred.h5"
+    if fraction == 1 and demo_fit.exists():
+        with h5py.File(demo_fit, "r") as f:
             pred = f["pred"][()]
     else:
-        keep = np.sort(np.random.default_rng(0).permutation(len(sub.train_ids))[: round(fraction * len(sub.train_ids))])
+        n_keep = round(fraction * len(sub.train_ids))
+        keep = np.sort(np.random.default_rng(0).permutation(len(sub.train_ids))[:n_keep])
         sub = dataclasses.replace(sub, train_ids=sub.train_ids[keep], train_y=sub.train_y[keep])
         cfg = EncodingConfig.from_config(demo_settings(results, subject))
-        pred = fit_predict(encoder, sub, FeatureCache(results / "features" / features), cfg, "cpu")["pred"]
+        if encoder == "ridge_full":
+            cfg = dataclasses.replace(cfg, ridge=cfg.ridge | {"pca": len(keep)})
+        cache = FeatureCache(results / "features" / features)
+        pred = fit_predict(encoder.replace("ridge_full", "ridge_tokens"), sub, cache, cfg, "cpu")["pred"]
     row = family_scores(results, subject, encoder, pred)
     return row | {"encoder": encoder, "fraction": fraction, "n_train": len(sub.train_ids)}
 
 
 def section(table: pd.DataFrame, subjects: list[str], workers: int) -> str:
-    """The RESULTS.md subsection: per fraction, both encoders and the transformer's lead, means over subjects."""
+    """The RESULTS.md subsection: per fraction, the encoders and the transformer's leads, means over subjects."""
     lines = [
         "### Data efficiency (test images of the demo, `bench/data_size.py`)",
         "",
         f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; code: {code_version(('brainatt',))}; "
-        f"subjects {', '.join(subjects)}; fraction 1: the demo's own fits; {workers} one-thread workers",
-        f"- NC-normalised test accuracy (voxels with NC ≥ {NC_MIN:g} %), mean over subjects; lead: transformer − "
-        "ridge_tokens, mean (lowest subject)",
+        f"subjects {', '.join(subjects)}; fraction 1: the demo's own fits (ridge_full fitted here); {workers} "
+        "one-thread workers",
+        f"- NC-normalised test accuracy (voxels with NC ≥ {NC_MIN:g} %), mean over subjects; ridge_tokens: the "
+        "pipeline's (≤ 512 PCA components),\n  ridge_full: every component (n − 1: ridge on all the flattened "
+        "tokens); leads: transformer − each, mean (lowest subject)",
         "",
-        "| fraction | training images | family | transformer | ridge_tokens | lead |",
-        "|---:|---:|---|---:|---:|---:|",
+        "| fraction | training images | family | transformer | ridge_tokens | ridge_full | lead over ridge_tokens | "
+        "lead over ridge_full |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for fraction, rows in table.groupby("fraction"):
         by = {enc: rows[rows["encoder"] == enc].set_index("subject") for enc in ENCODERS}
         n_train = f"{by['transformer']['n_train'].min()}–{by['transformer']['n_train'].max()}"
         for column in COLUMNS:
-            lead = by["transformer"][column] - by["ridge_tokens"][column]
+            leads = [by["transformer"][column] - by[enc][column] for enc in ENCODERS[1:]]
+            scores = " | ".join(f"{by[enc][column].mean():.3f}" for enc in ENCODERS)
             lines.append(
-                f"| {fraction:g} | {n_train} | {column} | {by['transformer'][column].mean():.3f} | "
-                f"{by['ridge_tokens'][column].mean():.3f} | {lead.mean():+.3f} ({lead.min():+.3f}) |"
+                f"| {fraction:g} | {n_train} | {column} | {scores} | "
+                + " | ".join(f"{lead.mean():+.3f} ({lead.min():+.3f})" for lead in leads)
+                + " |"
             )
     return "\n".join(lines) + "\n"
 
