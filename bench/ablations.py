@@ -21,6 +21,7 @@ Fits run in ``--workers`` processes of one thread each.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -54,8 +55,19 @@ def shuffled_rois(sub: SubjectData, seed: int = 0) -> SubjectData:
 
 
 def demo_settings(results: Path, subject: str) -> dict:
-    """The ``encoding`` section the demo's transformer of ``subject`` was fitted with."""
-    return json.loads((results / "encoding" / subject / "transformer" / "model.json").read_text())["encoding"]
+    """The ``encoding`` section the demo's transformer of ``subject`` was fitted with (one seed: the arms are fitted
+    with one, so a reference with more would not be paired)."""
+    settings = json.loads((results / "encoding" / subject / "transformer" / "model.json").read_text())["encoding"]
+    if list(settings["seeds"]) != [0]:
+        raise SystemExit(f"{results}: the demo's transformer has seeds {settings['seeds']}; these benches need [0]")
+    return settings
+
+
+def demo_layers(args: argparse.Namespace, subject: str) -> list[int]:
+    """The cached layers the demo's transformer of ``subject`` ensembles (``encoding.layers``, default all)."""
+    return (
+        demo_settings(args.results, subject)["layers"] or FeatureCache(args.results / "features" / args.features).layers
+    )
 
 
 def fit_one(results: Path, features: str, subject: str, arm: str, layer: int, seed: int = 0) -> dict:
@@ -66,7 +78,10 @@ def fit_one(results: Path, features: str, subject: str, arm: str, layer: int, se
     cache = FeatureCache(results / "features" / features)
     demo = demo_settings(results, subject)
     settings = demo["transformer"] | (parse_arm(arm) if arm else {})
-    if settings.pop("rois", None) == "shuffled":
+    rois = settings.pop("rois", "atlas")
+    if rois not in ("atlas", "shuffled"):
+        raise SystemExit(f"arm {arm!r}: rois must be 'shuffled' (or left out for the atlas ROIs)")
+    if rois == "shuffled":
         sub = shuffled_rois(sub)
     split = validation_split(len(sub.train_ids), demo["val_fraction"], demo["split_seed"])
     x = torch.from_numpy(cache.tokens(layer, sub.train_ids))
@@ -148,8 +163,7 @@ def main() -> None:
     p.add_argument("--arms", nargs="+", default=list(ARMS), help="encoding.transformer settings, key=value,...")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     args = p.parse_args()
-    layers = FeatureCache(args.results / "features" / args.features).layers
-    jobs = [(s, arm, layer) for arm in args.arms for s in args.subjects for layer in layers]
+    jobs = [(s, arm, layer) for arm in args.arms for s in args.subjects for layer in demo_layers(args, s)]
     members = pool_map(fit_one, [(args.results, args.features, *job) for job in jobs], args.workers, describe)
     table = ensemble_rows(args.results, members)
     print(table.to_string())

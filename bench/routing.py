@@ -49,6 +49,8 @@ def subject_rows(results: Path, subject: str, cache: FeatureCache) -> pd.DataFra
     folder = results / "encoding" / subject / "transformer"
     sub = load_subject(results / "prep" / subject / "responses.h5")
     info, models = load_members(folder, sub, cache.tokens(cache.layers[0], sub.train_ids[:1]).shape[-1])
+    if info["arch"].get("queries", "roi") != "roi":  # rows below are queries, one per ROI
+        raise SystemExit(f"{folder}: bench/routing.py compares head weightings of ROI queries only (queries: roi)")
     _, val_idx = validation_split(len(sub.train_ids), info["encoding"]["val_fraction"], info["encoding"]["split_seed"])
     ids = sub.train_ids[val_idx]
     members = []  # per member: per-head maps (N, H, Q, gh, gw) and per-image importance (N, H, Q)

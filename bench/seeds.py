@@ -16,12 +16,11 @@ import os
 
 import numpy as np
 import pandas as pd
-from ablations import COLUMNS, demo_settings, describe, family_scores, fit_one
+from ablations import COLUMNS, demo_layers, demo_settings, describe, family_scores, fit_one
 from common import code_version, demo_arguments, pool_map, record
 
 from brainatt.encoding.evaluate import NC_MIN
 from brainatt.encoding.train import ensemble_predict
-from brainatt.features.cache import FeatureCache
 
 
 def section(table: pd.DataFrame, subjects: list[str], workers: int) -> str:
@@ -56,8 +55,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=4, help="K: seeds 0 … K−1")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     args = p.parse_args()
-    layers = FeatureCache(args.results / "features" / args.features).layers
-    jobs = [(s, layer, seed) for seed in range(args.seeds) for s in args.subjects for layer in layers]
+    jobs = [(s, layer, seed) for seed in range(args.seeds) for s in args.subjects for layer in demo_layers(args, s)]
     jobs = [(args.results, args.features, s, "", layer, seed) for s, layer, seed in jobs]
     members = pool_map(fit_one, jobs, args.workers, describe)
     rows = []

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from brainatt.encoding.data import QUERY_MODES, SubjectData, assign_queries, roi_attention, validation_split
+from brainatt.encoding.attention_maps import roi_attention, voxel_queries
+from brainatt.encoding.data import QUERY_MODES, SubjectData, assign_queries, validation_split
 from brainatt.encoding.evaluate import load_truth, summarize, voxel_scores
 from brainatt.encoding.fit import build_model, split_settings
 from brainatt.encoding.readout import VoxelReadout
@@ -221,8 +222,20 @@ def test_routing_scores_each_roi_whatever_its_voxels_queries(tmp_path: Path) -> 
     with h5py.File(tmp_path / "attention.h5", "r+") as f:
         del f["voxel_query"]
         f["voxel_query"] = [0] * 3
-    with pytest.raises(BrainattError, match="maps of 3 voxels for 4 scored voxels"):
+    with pytest.raises(BrainattError, match="maps of 3 voxels and 1 queries for 4 scored voxels"):
         routing_scores(tmp_path / "attention.h5", scores, gt, "subj01")
+    with pytest.raises(BrainattError, match="every voxel 0 … V−1 once"):
+        routing_scores(tmp_path / "attention.h5", scores.assign(voxel=scores["voxel"] + 1), gt, "subj01")
+
+
+def test_files_without_voxel_query_are_read_by_query_name(tmp_path: Path) -> None:
+    labels = np.array(["lh.V1v", "lh.V1v", "lh.FFA-1", "rh.rest"])
+    with h5py.File(tmp_path / "attention.h5", "w") as f:
+        f["queries"] = np.array([b"lh.FFA-1", b"lh.V1v#0", b"lh.V1v#1"])  # per-voxel V1v queries, no rest query
+        assert voxel_queries(f, labels).tolist() == [1, 2, 0, -1]
+        f["voxel_query"] = [0, 1, 2, 3]  # query 3 does not exist
+        with pytest.raises(BrainattError, match="4 voxels and 3 queries"):
+            voxel_queries(f, labels)
 
 
 def test_roi_attention_is_the_mean_map_of_the_queries_its_voxels_read() -> None:
@@ -232,6 +245,8 @@ def test_roi_attention_is_the_mean_map_of_the_queries_its_voxels_read() -> None:
     np.testing.assert_allclose(roi_attention(maps, voxel_query, voxels), maps[[4, 1, 1, 4, 4]].mean(0))
     np.testing.assert_array_equal(roi_attention(maps, voxel_query, np.array([1, 2])), maps[1])  # one query: its map
     assert roi_attention(maps, voxel_query, np.array([3])) is None
+    many = np.random.default_rng(1).random((40, 2, 2, 2))  # more queries than one chunk
+    np.testing.assert_allclose(roi_attention(many, np.arange(40), np.arange(40)), many.mean(0))
 
 
 def test_truth_routes_to_its_objects_and_attention_equal_to_it_scores_the_same(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 from matplotlib.image import AxesImage
 from PIL import Image
 
+from brainatt.io import BrainattError
 from brainatt.viz.encoding import (
     FIGURES,
     attention_figure,
@@ -220,6 +221,15 @@ def test_attention_panels_show_their_own_query(world: dict) -> None:
         d / "attention.h5", world["stimuli"], d / "test_pred.h5", world["scores"]["transformer"], include_rest=True
     )
     assert {"lh.rest", "rh.rest"} <= {ax.get_gid() for ax in fig_rest.axes}
+    fig_named, panels_named = attention_figure(
+        d / "attention.h5", world["stimuli"], d / "test_pred.h5", world["scores"]["transformer"], rois=["rh.rest"]
+    )
+    assert set(panels_named["query"]) == {"rh.rest"}  # a rest ROI named is drawn
+    plt.close(fig_named)
+    with pytest.raises(BrainattError, match=r"no voxels in ROI 'rh\.OWFA'"):
+        attention_figure(
+            d / "attention.h5", world["stimuli"], d / "test_pred.h5", world["scores"]["transformer"], rois=["rh.OWFA"]
+        )
     plt.close(fig)
     plt.close(fig_rest)
 

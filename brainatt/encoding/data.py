@@ -133,39 +133,6 @@ def roi_labels(hemi: np.ndarray, roi: np.ndarray) -> np.ndarray:
     return np.char.add(np.char.add(np.asarray(hemi, str), "."), np.asarray(roi, str))
 
 
-def voxel_queries(attention: h5py.File, labels: np.ndarray) -> np.ndarray:
-    """Each voxel's row in an open ``attention.h5``'s maps, for voxels with ROI ``labels`` (`roi_labels`).
-
-    The file's ``voxel_query`` (the fitted model's voxel → query index, any query mode); in files written before
-    it, the query named like the voxel's label (-1: none is).
-    """
-    if "voxel_query" in attention:
-        index = attention["voxel_query"][()].astype(np.int64)
-        if len(index) != len(labels):
-            raise BrainattError(
-                f"{attention.filename}: maps of {len(index)} voxels for {len(labels)} scored voxels: "
-                "the attention file is another subject's or stale; rerun the transformer encoder"
-            )
-        return index
-    names = {name: q for q, name in enumerate(attention["queries"][()].astype(str))}
-    return np.array([names.get(label, -1) for label in labels], np.int64)
-
-
-def roi_attention(maps: h5py.Dataset | np.ndarray, voxel_query: np.ndarray, voxels: np.ndarray) -> np.ndarray | None:
-    """``(N, gh, gw)``: what ``voxels`` attend to, the mean over them of the map of the query each one reads.
-
-    ``maps`` is ``attention.h5``'s ``(query, image, gh, gw)``. With ROI queries that is their query's own map, as
-    stored; with per-voxel queries the mean of the voxels' maps; ``None`` when none of them reads a query.
-    """
-    queries, counts = np.unique(voxel_query[voxels], return_counts=True)
-    counts, queries = counts[queries >= 0], queries[queries >= 0]
-    if not len(queries):
-        return None
-    if len(queries) == 1:
-        return maps[int(queries[0])]
-    return np.tensordot(counts / counts.sum(), maps[queries].astype(np.float64), axes=1)
-
-
 def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A fixed-seed split of the training images into fit and validation indices (the test set is never used)."""
     if not 0 < fraction < 1:

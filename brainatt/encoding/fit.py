@@ -79,8 +79,8 @@ def build_model(encoder: str, arch: dict[str, Any], sub: SubjectData, grid: tupl
     """The torch encoder for a subject, with its queries (transformer) or spatial maps (factorized)."""
     names, index = assign_queries(sub, arch.get("queries", arch.get("maps", "roi")))
     if encoder == "transformer":
-        kw = {k: arch[k] for k in ("width", "depth", "heads", "ff", "dropout", "positions") if k in arch}
-        content = np.unique(index[sub.family == "category"])
+        kw = {k: arch[k] for k in ARCH_KEYS["transformer"] if k in arch and k != "queries"}
+        content = np.unique(index[sub.family == "category"])  # with shared (hemisphere) queries: every query
         return AttentionRoutingEncoder(index, len(names), grid, width, content_queries=content, **kw), names
     return FactorizedEncoder(index, len(names), grid, width), names
 

@@ -1,19 +1,21 @@
 """Attention routing scored against nsd-synth's ground truth.
 
-For each query of the transformer, the ground truth says what its voxels do (the majority generating kind):
-- a **category** query (face, body, word, food voxels) should put its attention on that category's objects:
+One row per ROI × hemisphere (``query``: its label, ``lh.FFA-1``; with ROI queries, the query's name). The ground
+truth says what its voxels do (the majority generating kind), and the map scored is what they attend to
+(`attention_maps.roi_attention`: with ROI queries the query's map):
+- a **category** ROI (face, body, word, food voxels) should put its attention on that category's objects:
   ``mass_ratio`` = attention mass on the object's patches / the share of patches the object covers (1 = no
   routing), over test images that contain the category. An object's patches are the grid cells at least
   ``COVER``-covered by its pixels, from re-rendering the test scenes at the token grid (the generator is
   deterministic). Since the ratio cannot exceed 1/share, ``mass_ratio_small`` repeats it over images where the
   object covers at most ``SMALL`` of the patches (large bodies can fill a third of the image). The ratio also
-  counts diffuse attention against the query, so ``peak_on_object`` adds the share of those images whose
+  counts diffuse attention against the ROI, so ``peak_on_object`` adds the share of those images whose
   attention peak lies on the object, beside ``peak_chance``, the object's mean share of patches (what a peak
   dropped at random would score). ``truth_mass_ratio`` is the same ratio for the truth's own pooling weights
-  (`VoxelReadout.pooling_weights` of the query's voxels of that category, summed into token cells): how
-  focused routing can be on this grid. Places are whole-scene layouts with no object patches; their queries are
+  (`VoxelReadout.pooling_weights` of the ROI's voxels of that category, summed into token cells): how
+  focused routing can be on this grid. Places are whole-scene layouts with no object patches; their ROIs are
   not scored this way.
-- a **retinotopic** query should look where its voxels' pRFs are: ``distance`` between the attention centroid
+- a **retinotopic** ROI should look where its voxels' pRFs are: ``distance`` between the attention centroid
   (mean over test images) and the mean true pRF centre, in image widths; ``distance_uniform`` is the same for
   a uniform map (the image centre), the score to beat.
 
@@ -34,7 +36,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from brainatt.encoding.data import roi_attention, roi_labels, voxel_queries
+from brainatt.encoding.attention_maps import roi_attention, voxel_labels, voxel_queries
 from brainatt.io import BrainattError
 from brainatt.synth.brain import VisualSystem, VoxelReadout
 from brainatt.synth.scenes import CATEGORIES, OBJECT_CATEGORIES, render
@@ -122,15 +124,14 @@ def routing_scores(
 ) -> pd.DataFrame:
     """One row per ROI × hemisphere (``query``: its label, ``lh.FFA-1``): what its voxels are in truth and how well
     what they attend to routes to it. With ROI queries that is the ROI's query's map; with other query modes the
-    mean over the ROI's voxels of the map of the query each reads (`data.roi_attention`)."""
+    mean over the ROI's voxels of the map of the query each reads (`attention_maps.roi_attention`)."""
     gt = Path(ground_truth)
     with h5py.File(gt / f"{subject}.h5", "r") as f:
         kind = f["kind"][()].astype(str)
         prf_x, prf_y = f["params/prf_x"][()], f["params/prf_y"][()]
     if len(kind) != len(voxel_scores):
         raise BrainattError(f"{gt / subject}.h5: {len(kind)} voxels but the encoder scored {len(voxel_scores)}")
-    scores = voxel_scores.sort_values("voxel")
-    labels = roi_labels(scores["hemi"], scores["roi"])
+    labels = voxel_labels(voxel_scores)
     with h5py.File(attention_h5, "r") as f:
         nsd_ids = f["nsd_ids"][()]
         grid = tuple(int(v) for v in f.attrs["grid"])

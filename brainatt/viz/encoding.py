@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import ndimage
 
-from brainatt.encoding.data import roi_attention, roi_labels, voxel_queries
+from brainatt.encoding.attention_maps import roi_attention, voxel_labels, voxel_queries
 from brainatt.encoding.evaluate import NC_MIN
 from brainatt.io import BrainattError, atomic_path, read_by_nsd_id
 
@@ -379,8 +379,7 @@ def attention_figure(
     with h5py.File(test_pred_h5, "r") as f:
         pred_ids, pred = f["nsd_ids"][()], f["pred"][()]
     _require(voxel_scores, ["voxel", "roi", "hemi"], "voxel scores")
-    scores = voxel_scores.sort_values("voxel")
-    labels = roi_labels(scores["hemi"], scores["roi"])
+    labels = voxel_labels(voxel_scores)
     with h5py.File(attention_h5, "r") as a:
         voxel_query = voxel_queries(a, labels)
         att_ids = a["nsd_ids"][()]
@@ -398,10 +397,10 @@ def attention_figure(
             if maps is None:  # no voxel of the ROI reads a query
                 continue
             maps = np.asarray(maps, dtype=np.float32)  # (N, gh, gw)
-            ids, means = top_images(pred, pred_ids, scores["voxel"].to_numpy()[voxels], n_top)
+            ids, means = top_images(pred, pred_ids, voxels, n_top)
             drawn[parse_roi_label(q)] = (str(q), ids, means, maps[[att_row[int(n)] for n in ids]], maps.mean(0))
     if not drawn:
-        raise BrainattError(f"{attention_h5}: no query has voxels in the voxel scores: nothing to draw")
+        raise BrainattError(f"{attention_h5}: no ROI's voxels read an attention query: nothing to draw")
     stimuli = _read_images(stimuli_h5, np.concatenate([d[1] for d in drawn.values()]))
     images, (h, w) = iter(stimuli), stimuli.shape[1:3]
     rois = list(dict.fromkeys(roi for _, roi in drawn))
@@ -474,7 +473,7 @@ def plot_attention_maps(
     """Grid figure, one row per ROI: the mean map of what its voxels attend to, then its ``n_top`` test images
     ranked by the encoder's predicted mean response of the ROI's voxels, each overlaid with that map (viridis,
     α 0.45). With ROI queries the map is the ROI's query's; with per-voxel or hemisphere queries the mean over the
-    ROI's voxels of the map of the query each reads (`data.roi_attention`).
+    ROI's voxels of the map of the query each reads (`attention_maps.roi_attention`).
 
     ``rest`` ROIs are left out unless ``include_rest`` (or named in ``rois``, labels such as ``lh.FFA-1``); ROIs
     without voxels are not drawn. Returns the panels drawn (query: the ROI label, rank, nsd_id, pred_mean).
