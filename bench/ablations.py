@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
-from common import code_version, demo_arguments, parse_arm, pool_map, record
+from common import DEMO_HEADING, code_version, demo_arguments, parse_arm, pool_map, report
 
 from brainatt.encoding.data import FAMILIES, SubjectData, load_subject, validation_split
 from brainatt.encoding.evaluate import NC_MIN, load_truth, summarize, voxel_scores
@@ -168,9 +168,7 @@ def main() -> None:
     table = ensemble_rows(args.results, members)
     print(table.to_string())
     text = section(table, args.arms, args.subjects, args.workers, args.results)
-    print(text)
-    if not args.no_record:
-        record("## encoding accuracy on the nsd-synth demo", text, subsection="Routing ablations")
+    report(args, DEMO_HEADING, text, "Routing ablations")
 
 
 if __name__ == "__main__":

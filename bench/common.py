@@ -64,7 +64,15 @@ def record(heading: str, text: str, subsection: str | None = None) -> None:
     RESULTS.write_text(doc[: head.start()] + section.rstrip("\n") + "\n" + ("\n" + doc[end:] if end < len(doc) else ""))
 
 
+def report(args: argparse.Namespace, heading: str, text: str, subsection: str | None = None) -> None:
+    """Print a bench's ``text`` and, unless ``args.no_record``, write it into RESULTS.md (`record`)."""
+    print(text)
+    if not args.no_record:
+        record(heading, text, subsection)
+
+
 SUBJECTS = ("subj01", "subj02", "subj03", "subj04")
+DEMO_HEADING = "## encoding accuracy on the nsd-synth demo"  # the section of the benches that reread a demo
 
 
 def demo_arguments(doc: str, subjects: tuple[str, ...] = SUBJECTS) -> argparse.ArgumentParser:

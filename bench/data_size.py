@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 from ablations import COLUMNS, demo_settings, family_scores
-from common import code_version, demo_arguments, pool_map, record
+from common import DEMO_HEADING, code_version, demo_arguments, pool_map, report
 
 from brainatt.encoding.data import load_subject
 from brainatt.encoding.evaluate import NC_MIN
@@ -104,9 +104,7 @@ def main() -> None:
     table = pd.DataFrame(rows)
     print(table.to_string())
     text = section(table, args.subjects, args.workers)
-    print(text)
-    if not args.no_record:
-        record("## encoding accuracy on the nsd-synth demo", text, subsection="Data efficiency")
+    report(args, DEMO_HEADING, text, "Data efficiency")
 
 
 if __name__ == "__main__":

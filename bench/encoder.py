@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import RESULTS, code_version, machine, record
+from common import RESULTS, code_version, machine, report
 
 HEADING = "## encoder"
 ROOT = Path(__file__).resolve().parents[1]
@@ -387,9 +387,7 @@ def main() -> None:
         child_gpu_size(args)
     else:
         text = gpu_section(args) if args.gpu_size else subject_section(args)
-        print(text)
-        if not args.no_record:
-            record(HEADING, text, subsection="gpu-size" if args.gpu_size else "nsd-synth")
+        report(args, HEADING, text, "gpu-size" if args.gpu_size else "nsd-synth")
 
 
 if __name__ == "__main__":

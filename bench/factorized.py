@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import code_version, demo_arguments, parse_arm, pool_map, record
+from common import DEMO_HEADING, code_version, demo_arguments, parse_arm, pool_map, report
 
 from brainatt.encoding.data import FAMILIES, load_subject, validation_split
 from brainatt.encoding.fit import split_settings, train_member
@@ -89,9 +89,7 @@ def main() -> None:
     jobs.sort(key=lambda job: "voxel" not in job[1])  # the slow per-voxel maps first, so the workers end together
     rows = pool_map(fit_one, [(args.results, args.features, *job) for job in jobs], args.workers)
     text = section(pd.DataFrame(rows), args.arms, args.subjects, args.workers)
-    print(text)
-    if not args.no_record:
-        record("## encoding accuracy on the nsd-synth demo", text, subsection="Factorized readout settings")
+    report(args, DEMO_HEADING, text, "Factorized readout settings")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
-from common import code_version, demo_arguments, record
+from common import DEMO_HEADING, code_version, demo_arguments, report
 
 from brainatt.encoding.data import FAMILIES, load_subject
 from brainatt.encoding.evaluate import NC_MIN, load_truth, summarize, voxel_scores
@@ -95,9 +95,7 @@ def main() -> None:
         [subject_rows(args.results, s, e, cache) for e in ENCODERS for s in args.subjects], ignore_index=True
     )
     text = section(table, args.subjects, args.results)
-    print(text)
-    if not args.no_record:
-        record("## encoding accuracy on the nsd-synth demo", text, subsection="Layer ensembling")
+    report(args, DEMO_HEADING, text, "Layer ensembling")
 
 
 if __name__ == "__main__":

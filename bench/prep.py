@@ -39,7 +39,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from common import RESULTS, code_version, machine, record
+from common import RESULTS, code_version, machine, report
 
 SHAPE = (750, 83, 104, 81)  # (trials, Z, Y, X) as h5py reads NSD's files
 NSDGENERAL_VOXELS = 15_724  # nsdgeneral size of subj01 at 1.8 mm
@@ -252,9 +252,7 @@ def main() -> None:
         f"child's ru_maxrss; target: ≥ {TARGET_RATIO}× raw and ≤ {TARGET_RSS / 1e9:.0f} GB"
     )
     text = section(args.layout, table(rows, nbytes), notes)
-    print(text)
-    if not args.no_record:
-        record(HEADING, text, subsection=f"{args.layout} layout")
+    report(args, HEADING, text, f"{args.layout} layout")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import code_version, machine, record
+from common import code_version, machine, report
 from torch import nn
 
 from brainatt.encoding.factorized import FactorizedEncoder
@@ -134,9 +134,7 @@ def main() -> None:
             "",
         ]
     )
-    print(text)
-    if not args.no_record:
-        record(HEADING, text)
+    report(args, HEADING, text)
 
 
 if __name__ == "__main__":

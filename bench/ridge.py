@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, code_version, machine, record
+from common import RESULTS, code_version, machine, report
 
 HEADING = "## ridge"
 METHODS = ("ours", "himalaya", "sklearn", "ours64", "himalaya64")
@@ -246,9 +246,7 @@ def main() -> None:
         [HEADING + ": RidgeCV (per-voxel α, 5-fold CV) vs himalaya and scikit-learn", "", *(f"- {n}" for n in notes)]
     )
     text += "\n\n" + body + "\n"
-    print(text)
-    if not args.no_record:
-        record(HEADING, text)
+    report(args, HEADING, text)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
-from common import code_version, demo_arguments, record
+from common import DEMO_HEADING, code_version, demo_arguments, report
 
 from brainatt.encoding.data import load_subject, validation_split
 from brainatt.encoding.fit import load_members
@@ -132,9 +132,7 @@ def main() -> None:
     cache = FeatureCache(args.results / "features" / args.features)
     table = pd.concat([subject_rows(args.results, s, cache) for s in args.subjects], ignore_index=True)
     text = section(table, args.subjects, args.results)
-    print(text)
-    if not args.no_record:
-        record("## encoding accuracy on the nsd-synth demo", text, subsection="Head weightings of the attention maps")
+    report(args, DEMO_HEADING, text, "Head weightings of the attention maps")
 
 
 if __name__ == "__main__":

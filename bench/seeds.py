@@ -17,7 +17,7 @@ import os
 import numpy as np
 import pandas as pd
 from ablations import COLUMNS, demo_layers, demo_settings, describe, family_scores, fit_one
-from common import code_version, demo_arguments, pool_map, record
+from common import DEMO_HEADING, code_version, demo_arguments, pool_map, report
 
 from brainatt.encoding.evaluate import NC_MIN
 from brainatt.encoding.train import ensemble_predict
@@ -70,9 +70,7 @@ def main() -> None:
     table = pd.DataFrame(rows)
     print(table.to_string())
     text = section(table, args.subjects, args.workers)
-    print(text)
-    if not args.no_record:
-        record("## encoding accuracy on the nsd-synth demo", text, subsection="Run ensembling")
+    report(args, DEMO_HEADING, text, "Run ensembling")
 
 
 if __name__ == "__main__":
