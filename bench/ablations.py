@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 from pathlib import Path
@@ -92,10 +93,16 @@ def fit_one(results: Path, features: str, subject: str, arm: str, layer: int, se
     return member | {"epochs": len(history), "s_epoch": seconds, "n_queries": len(queries)}
 
 
+@functools.lru_cache(maxsize=4)
+def held_out(results: Path, subject: str) -> tuple[SubjectData, np.ndarray]:
+    """A subject's responses and noise-free test responses, read once per process (every arm scores them)."""
+    sub = load_subject(results / "prep" / subject / "responses.h5")
+    return sub, load_truth(results / "nsd-synth" / "ground_truth" / f"{subject}.h5", sub)
+
+
 def family_scores(results: Path, subject: str, arm: str, pred: np.ndarray) -> dict:
     """NC-normalised test accuracy per family (voxels with NC ≥ NC_MIN) and mean r against the truth, all voxels."""
-    sub = load_subject(results / "prep" / subject / "responses.h5")
-    truth = load_truth(results / "nsd-synth" / "ground_truth" / f"{subject}.h5", sub)
+    sub, truth = held_out(results, subject)
     table = summarize(voxel_scores(sub, pred, truth), subject, "transformer").set_index("roi")
     row = {"subject": subject, "arm": arm, "all": table.loc["all", "nc_norm"], "r_truth": table.loc["all", "r_truth"]}
     return row | {family: table.loc[f"family:{family}", "nc_norm"] for family in FAMILIES}

@@ -29,6 +29,11 @@ def voxel_labels(voxel_scores: pd.DataFrame) -> np.ndarray:
     return roi_labels(scores["hemi"], scores["roi"])
 
 
+def roi_voxels(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """ROI label → the indices of its voxels, labels sorted (with ROI queries: the order of the query names)."""
+    return {str(label): np.flatnonzero(labels == label) for label in np.unique(labels)}
+
+
 def voxel_queries(attention: h5py.File, labels: np.ndarray) -> np.ndarray:
     """Each voxel's row in an open ``attention.h5``'s maps, for voxels with ROI ``labels`` (`voxel_labels`).
 
@@ -48,11 +53,13 @@ def voxel_queries(attention: h5py.File, labels: np.ndarray) -> np.ndarray:
     return np.array([names.get(f"{label}#{v}", names.get(label, -1)) for v, label in enumerate(labels)], np.int64)
 
 
-def roi_attention(maps: h5py.Dataset | np.ndarray, voxel_query: np.ndarray, voxels: np.ndarray) -> np.ndarray | None:
-    """``(N, gh, gw)``: what ``voxels`` attend to, the mean over them of the map of the query each one reads.
+def roi_attention(
+    maps: h5py.Dataset | np.ndarray, voxel_query: np.ndarray, voxels: np.ndarray, dtype: type = np.float64
+) -> np.ndarray | None:
+    """``(N, gh, gw)`` in ``dtype``: what ``voxels`` attend to, the mean over them of the map of the query each reads.
 
     ``maps`` is ``attention.h5``'s ``(query, image, gh, gw)``. With ROI queries that is their query's own map, as
-    stored; with per-voxel queries the mean of the voxels' maps (float64, summed ``CHUNK`` queries at a time);
+    stored; with per-voxel queries the mean of the voxels' maps (summed in float64, ``CHUNK`` queries at a time);
     ``None`` when none of them reads a query.
     """
     queries, counts = np.unique(voxel_query[voxels], return_counts=True)
@@ -60,9 +67,9 @@ def roi_attention(maps: h5py.Dataset | np.ndarray, voxel_query: np.ndarray, voxe
     if not len(queries):
         return None
     if len(queries) == 1:
-        return maps[int(queries[0])]
+        return maps[int(queries[0])].astype(dtype)
     total = 0.0
     for i in range(0, len(queries), CHUNK):
         block = queries[i : i + CHUNK]
         total = total + np.tensordot(counts[i : i + CHUNK], maps[block].astype(np.float64), axes=1)
-    return total / counts.sum()
+    return (total / counts.sum()).astype(dtype)

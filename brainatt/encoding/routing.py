@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from brainatt.encoding.attention_maps import roi_attention, voxel_labels, voxel_queries
+from brainatt.encoding.attention_maps import roi_attention, roi_voxels, voxel_labels, voxel_queries
 from brainatt.io import BrainattError
 from brainatt.synth.brain import VisualSystem, VoxelReadout
 from brainatt.synth.scenes import CATEGORIES, OBJECT_CATEGORIES, render
@@ -136,7 +136,7 @@ def routing_scores(
         nsd_ids = f["nsd_ids"][()]
         grid = tuple(int(v) for v in f.attrs["grid"])
         voxel_query = voxel_queries(f, labels)
-        rois = {label: np.flatnonzero(labels == label) for label in np.unique(labels)}
+        rois = roi_voxels(labels)
         maps = {label: roi_attention(f["maps"], voxel_query, voxels) for label, voxels in rois.items()}
         head_mean = (
             {label: roi_attention(f["maps_head_mean"], voxel_query, voxels) for label, voxels in rois.items()}
@@ -154,7 +154,7 @@ def routing_scores(
         kinds = [k.partition(":")[0] for k in kind[voxels]]
         truth = Counter(kinds).most_common(1)[0][0]
         row = {"subject": subject, "query": name, "truth": truth or "unlabelled", "n_voxels": len(voxels)}
-        a = maps[name].astype(np.float64)
+        a = maps[name]
         if truth in OBJECT_CATEGORIES:
             masks = objects[:, CATEGORIES.index(truth)]
             share = masks.mean((1, 2))
@@ -175,9 +175,7 @@ def routing_scores(
                     truth_mass_ratio=truth_mass[has].mean() / chance,
                 )
                 if head_mean is not None:
-                    row["mass_ratio_head_mean"] = (head_mean[name].astype(np.float64) * masks).sum((1, 2))[
-                        has
-                    ].mean() / chance
+                    row["mass_ratio_head_mean"] = (head_mean[name] * masks).sum((1, 2))[has].mean() / chance
             if small.any():
                 row.update(n_small=int(small.sum()), mass_ratio_small=mass[small].mean() / share[small].mean())
         elif truth.startswith(("V", "hV")):
@@ -194,7 +192,7 @@ def routing_scores(
                 distance_uniform=float(np.hypot(0.5 - tx, 0.5 - ty)),
             )
             if head_mean is not None:
-                hx, hy = _centroid(head_mean[name].astype(np.float64), x, y)
+                hx, hy = _centroid(head_mean[name], x, y)
                 row["distance_head_mean"] = float(np.hypot(hx - tx, hy - ty))
         rows.append(row)
     return pd.DataFrame(rows)

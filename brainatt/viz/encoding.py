@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import ndimage
 
-from brainatt.encoding.attention_maps import roi_attention, voxel_labels, voxel_queries
+from brainatt.encoding.attention_maps import roi_attention, roi_voxels, voxel_labels, voxel_queries
 from brainatt.encoding.evaluate import NC_MIN
 from brainatt.io import BrainattError, atomic_path, read_by_nsd_id
 
@@ -387,16 +387,16 @@ def attention_figure(
         pred, pred_ids = pred[keep], pred_ids[keep]
         att_row = {int(n): i for i, n in enumerate(att_ids)}
         drawn = {}
-        for q in rois if rois is not None else np.unique(labels):
-            voxels = np.flatnonzero(labels == q)
-            if rois is not None and not len(voxels):
-                raise BrainattError(f"no voxels in ROI {q!r} in the voxel scores (ROIs: {np.unique(labels)[:6]}…)")
+        voxel_sets = roi_voxels(labels)
+        for q in rois if rois is not None else voxel_sets:
+            if q not in voxel_sets:
+                raise BrainattError(f"no voxels in ROI {q!r} in the voxel scores (ROIs: {list(voxel_sets)[:6]}…)")
+            voxels = voxel_sets[q]
             if parse_roi_label(q)[1] == "rest" and not include_rest and rois is None:
                 continue
-            maps = roi_attention(a["maps"], voxel_query, voxels)
+            maps = roi_attention(a["maps"], voxel_query, voxels, np.float32)  # (N, gh, gw)
             if maps is None:  # no voxel of the ROI reads a query
                 continue
-            maps = np.asarray(maps, dtype=np.float32)  # (N, gh, gw)
             ids, means = top_images(pred, pred_ids, voxels, n_top)
             drawn[parse_roi_label(q)] = (str(q), ids, means, maps[[att_row[int(n)] for n in ids]], maps.mean(0))
     if not drawn:
