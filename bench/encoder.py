@@ -20,9 +20,10 @@ cache holds float16 copies of the backbone's float32 tokens, so the two should a
 
 ``--gpu-size``: random DINOv2-base-sized tokens (31×31×768 float16) for ``--n`` images (default 9,000) in CPU
 memory, as `fit` gets them from the cache; ``--queries`` (50) ROI queries over ``--voxels`` (15,724); batch 32;
-validation on ``n // 10`` more images. Times ``--epochs`` epochs of `fit` on whatever device is present and,
-with ``--backbone-steps k``, k training steps that first run a randomly initialised DINOv2-base (transformers,
-434 px → 31×31 tokens, float32, no_grad) on 32 random images, extrapolated to an epoch.
+validation on ``n // 10`` more images. Times ``--epochs`` epochs of `fit` on whatever device is present (on a
+GPU twice: tokens staged on it by `fit`, and left in host memory with ``stage=False``) and, with
+``--backbone-steps k``, k training steps that first run a randomly initialised DINOv2-base (transformers, 434 px →
+31×31 tokens, float32, no_grad) on 32 random images, extrapolated to an epoch.
 
 The tables replace the matching subsection of the "## encoder" section of bench/RESULTS.md. Wrap runs in
 ``flock /tmp/brainatt-bench.lock`` so benchmarks never overlap.
@@ -172,7 +173,7 @@ def child_gpu_size(args: argparse.Namespace) -> None:
     torch = _torch_setup(args.threads)
     from torch import nn
 
-    from brainatt.encoding.train import TrainConfig, fit, predict
+    from brainatt.encoding.train import TrainConfig, fit, predict, stage_inputs
     from brainatt.encoding.transformer import AttentionRoutingEncoder
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -192,13 +193,18 @@ def child_gpu_size(args: argparse.Namespace) -> None:
     y_val = torch.randn((n_val, args.voxels), generator=gen, device=device).cpu().numpy()
     make_s = time.perf_counter() - t0
     voxel_query = np.random.default_rng(0).integers(0, args.queries, args.voxels)
-    torch.manual_seed(0)
-    model = AttentionRoutingEncoder(voxel_query, args.queries, grid, width).to(device)
     cfg = TrainConfig(epochs=args.epochs, batch=args.batch, patience=args.epochs + 1, seed=0)
-    _, _, history = fit(model, x_fit, y_fit, x_val, y_val, cfg, "gpu-size")
-    t0 = time.perf_counter()
-    predict(model, x_val)
-    val_s = time.perf_counter() - t0
+
+    def timed_fit(stage: bool) -> tuple[Any, list[dict], float]:
+        torch.manual_seed(0)
+        model = AttentionRoutingEncoder(voxel_query, args.queries, grid, width).to(device)
+        _, _, history = fit(model, x_fit, y_fit, x_val, y_val, cfg, "gpu-size", stage=stage)
+        staged = stage_inputs(torch.device(device), x_val)[0] if stage else x_val
+        t0 = time.perf_counter()
+        predict(model, staged)
+        return model, history, time.perf_counter() - t0
+
+    model, history, val_s = timed_fit(stage=True)
     out: dict[str, Any] = {
         "history": history,
         "val_s": val_s,
@@ -208,6 +214,8 @@ def child_gpu_size(args: argparse.Namespace) -> None:
         "params": sum(p.numel() for p in model.parameters()),
         "heads": model.layers[0].heads,
     }
+    if device == "cuda":  # staging is a no-op on the CPU
+        _, out["host_history"], out["host_val_s"] = timed_fit(stage=False)
     if args.backbone_steps:
         from transformers import Dinov2Config, Dinov2Model
 
@@ -329,9 +337,18 @@ def gpu_section(args: argparse.Namespace) -> str:
     lines = [
         "| device | images | epochs s (train + val) | validation s | s/epoch train only (median) | s/step | × cached |",
         "|---|---:|---|---:|---:|---:|---:|",
-        f"| {res['device_name']} ({res['device']}) | {args.n:,} | {', '.join(f'{v:.2f}' for v in s)} | "
+        f"| {res['device_name']} ({res['device']}{', tokens staged on it' if res.get('host_history') else ''}) | "
+        f"{args.n:,} | {', '.join(f'{v:.2f}' for v in s)} | "
         f"{res['val_s']:.2f} | {statistics.median(s) - res['val_s']:.2f} | {cached_step:.3f} | 1.0 |",
     ]
+    if res.get("host_history"):
+        host = [h["s"] for h in res["host_history"]]
+        host_step = (statistics.median(host) - res["host_val_s"]) / steps
+        lines.append(
+            f"| same, tokens in host memory (copied every batch) | {args.n:,} | {', '.join(f'{v:.2f}' for v in host)}"
+            f" | {res['host_val_s']:.2f} | {statistics.median(host) - res['host_val_s']:.2f} | {host_step:.3f} | "
+            f"{host_step / cached_step:.1f} |"
+        )
     if res.get("backbone_step_s"):
         step = statistics.median(res["backbone_step_s"])
         lines.append(
@@ -348,6 +365,11 @@ def gpu_section(args: argparse.Namespace) -> str:
         "epochs s: one epoch of `fit` each (steps + validation predictions); validation s: `predict` on the "
         "validation tokens once more after training; train only = median epoch − validation s",
     ]
+    if res.get("host_history"):
+        notes.append(
+            "staged: `fit` copies the tokens to the GPU once (`stage_inputs`, when they take at most half its free "
+            "memory); host memory: the same model, seed and batches with `fit(..., stage=False)`"
+        )
     if res.get("backbone_step_s"):
         notes.append(
             "DINOv2-base row: randomly initialised `Dinov2Model` (transformers defaults = base, 434 px → 31×31), "

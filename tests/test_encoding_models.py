@@ -21,7 +21,14 @@ from brainatt.encoding.fit import _test_maps
 from brainatt.encoding.metrics import pearson_r
 from brainatt.encoding.readout import VoxelReadout
 from brainatt.encoding.ridge import RidgeCV
-from brainatt.encoding.train import TrainConfig, ensemble_predict, ensemble_weights, fit, predict
+from brainatt.encoding.train import (
+    TrainConfig,
+    ensemble_predict,
+    ensemble_weights,
+    fit,
+    predict,
+    stage_inputs,
+)
 from brainatt.encoding.transformer import AttentionRoutingEncoder, attention_entropy, combine_heads, sine_positions
 from brainatt.io import BrainattError
 
@@ -292,6 +299,29 @@ def test_early_stopping_selects_only_epochs_trained_with_the_prior() -> None:
     no_content = AttentionRoutingEncoder(VOXEL_QUERY, 2, GRID, WIDTH, heads=2)
     _, r, _ = fit(no_content, x, torch.from_numpy(y), x_val, y_val, dataclasses.replace(cfg, entropy_start=0))
     assert np.isfinite(r).all()
+
+
+def test_inputs_stay_in_host_memory_unless_a_gpu_has_room_for_all_of_them(monkeypatch) -> None:
+    x, y = torch.zeros(10, 4, dtype=torch.float16), torch.zeros(10, 3)
+    assert all(a is b for a, b in zip(stage_inputs(torch.device("cpu"), x, y), (x, y), strict=True))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (x.nbytes + y.nbytes, 10**12))
+    cuda = torch.device("cuda")
+    assert all(a is b for a, b in zip(stage_inputs(cuda, x, y), (x, y), strict=True))  # needs half the free memory
+    live = object()  # not a tensor (bench/encoder.py's live backbone): nothing moves
+    assert all(a is b for a, b in zip(stage_inputs(cuda, x, live), (x, live), strict=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_on_staged_inputs_equals_fit_on_host_inputs() -> None:
+    x, y, _, _ = toy_world(300, 0)
+    x_val, y_val, _, _ = toy_world(100, 1)
+    assert stage_inputs(torch.device("cuda"), x)[0].is_cuda
+    r = {}
+    for stage in (True, False):
+        torch.manual_seed(0)
+        model = AttentionRoutingEncoder(VOXEL_QUERY, 2, GRID, WIDTH, heads=2, dropout=0.0).cuda()
+        _, r[stage], _ = fit(model, x, torch.from_numpy(y), x_val, y_val, TrainConfig(epochs=3), stage=stage)
+    np.testing.assert_allclose(r[True], r[False], atol=1e-4)
 
 
 def test_ensemble_weights_are_a_per_voxel_softmax_summing_to_one() -> None:
