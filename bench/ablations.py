@@ -161,7 +161,7 @@ def describe(m: dict) -> str:
     """A fitted member in one line, for the progress log."""
     return (
         f"{m['subject']} {m['arm'] or 'demo'} layer {m['layer']} seed {m['seed']}: val r {m['val_r'].mean():.4f}, "
-        + (f"{m['epochs']} epochs, {m['s_epoch']:.1f} s/epoch")
+        f"{m['epochs']} epochs, {m['s_epoch']:.1f} s/epoch"
     )
 
 

@@ -20,12 +20,11 @@ CHUNK = 16  # queries summed at a time: per-voxel maps of a whole ROI could take
 
 def voxel_labels(voxel_scores: pd.DataFrame) -> np.ndarray:
     """Each voxel's ROI label (`data.roi_labels`), voxels 0 … V−1 in order, from an encoder's voxel scores."""
-    voxels = np.sort(voxel_scores["voxel"].to_numpy())
-    if not np.array_equal(voxels, np.arange(len(voxels))):
+    scores = voxel_scores.sort_values("voxel")
+    if not np.array_equal(scores["voxel"].to_numpy(), np.arange(len(scores))):
         raise BrainattError(
             "the voxel scores must list every voxel 0 … V−1 once (voxel_scores.tsv as the encode rule writes it)"
         )
-    scores = voxel_scores.sort_values("voxel")
     return roi_labels(scores["hemi"], scores["roi"])
 
 
