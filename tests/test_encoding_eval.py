@@ -192,9 +192,28 @@ def test_routing_scores_recover_planted_routing(tmp_path: Path) -> None:
     assert table.loc["lh.FFA-1", "peak_chance"] == pytest.approx(share)
     assert table.loc["lh.V1v", "distance"] == pytest.approx(np.hypot(0.125, 0.025), abs=1e-3)
     assert table.loc["lh.V1v", "distance"] < table.loc["lh.V1v", "distance_uniform"]
+    # attention that follows the faces changes with the image and beats its own mean map held fixed
+    assert table.loc["lh.V1v", "variability"] == 0.0 < table.loc["lh.FFA-1", "variability"]
+    assert 1.0 < table.loc["lh.FFA-1", "mass_ratio_static"] < table.loc["lh.FFA-1", "mass_ratio"]
+    assert not table["mixed"].any()  # FFA-1's voxels are half face, half face:mixed
     # the reference's head-mean maps, scored beside: here uniform
     assert table.loc["lh.FFA-1", "mass_ratio_head_mean"] == pytest.approx(1.0, rel=1e-3)
+    assert (table["variability_head_mean"] == 0).all()
     assert table.loc["lh.V1v", "distance_head_mean"] == pytest.approx(table.loc["lh.V1v", "distance_uniform"], abs=1e-3)
+
+
+def test_a_static_map_gets_no_credit_for_following_the_objects(tmp_path: Path) -> None:
+    tracking, _ = _routing_world(tmp_path, _on_faces, _uniform)
+    table, _ = _routing_world(tmp_path, lambda m: np.broadcast_to(_on_faces(m).mean(0), m.shape), _uniform)
+    face = table.loc["lh.FFA-1"]
+    assert face["variability"] == 0.0
+    assert face["mass_ratio"] == pytest.approx(face["mass_ratio_static"], rel=1e-3)
+    assert face["mass_ratio_static"] == pytest.approx(tracking.loc["lh.FFA-1", "mass_ratio_static"], rel=1e-3)
+    with h5py.File(tmp_path / "ground_truth/subj01.h5", "r+") as f:
+        f["kind"][:2] = np.array([b"face:mixed"] * 2)
+    scores = pd.DataFrame({"voxel": [2, 0, 1, 3], "roi": ["V1v", "FFA-1", "FFA-1", "V1v"], "hemi": ["lh"] * 4})
+    mixed = routing_scores(tmp_path / "attention.h5", scores, tmp_path / "ground_truth", "subj01").set_index("query")
+    assert mixed["mixed"].to_dict() == {"lh.FFA-1": True, "lh.V1v": False}
 
 
 def test_routing_scores_each_roi_whatever_its_voxels_queries(tmp_path: Path) -> None:
@@ -253,6 +272,7 @@ def test_truth_routes_to_its_objects_and_attention_equal_to_it_scores_the_same(t
     table, _ = _routing_world(tmp_path, lambda m: np.full(m.shape, 1 / 16), lambda m: np.full(m.shape, 1 / 16))
     assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(1.0, rel=1e-3)
     assert table.loc["lh.FFA-1", "truth_mass_ratio"] > 2.5  # the truth's pooling looks at the faces
+    assert table.loc["lh.FFA-1", "truth_variability"] > 0.1  # wherever they are
     brain = load_brain(tmp_path / "ground_truth", "subj01")
     images, _ = render_many(world_scenes(SPEC)[0], SPEC.image_size, SPEC.image_size // 4)
     cats = visual_features(brain.visual, images)[1]

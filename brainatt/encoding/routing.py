@@ -15,12 +15,21 @@ truth says what its voxels do (the majority generating kind), and the map scored
   (`VoxelReadout.pooling_weights` of the ROI's voxels of that category, summed into token cells): how
   focused routing can be on this grid. Places are whole-scene layouts with no object patches; their ROIs are
   not scored this way.
+  Routing should also follow the object from image to image (the digest's claim 3): ``mass_ratio_static``
+  scores, the same way, one fixed map for every image (the mean of the ROI's maps over the test images), what
+  a static receptive field with the same average attention would reach; ``truth_variability`` is the truth's
+  own ``variability`` (below).
 - a **retinotopic** ROI should look where its voxels' pRFs are: ``distance`` between the attention centroid
   (mean over test images) and the mean true pRF centre, in image widths; ``distance_uniform`` is the same for
-  a uniform map (the image centre), the score to beat.
+  a uniform map (the image centre), the score to beat. Its map should barely change with the image.
+- every ROI: ``variability`` is the mean over test images of the total-variation distance between the image's
+  map and the mean map (0 = the same map for every image, 1 = disjoint maps); ``mixed`` marks the ROIs whose
+  voxels are mostly nsd-synth's ``:mixed`` kinds, category areas that keep a spatial preference and some
+  retinotopy (OFA, OPA, OWFA).
 
 The maps scored are ``attention.h5``'s ``maps`` (heads weighted in each image by their importance to the query's
-voxels); ``mass_ratio_head_mean`` and ``distance_head_mean`` score the reference's plain head mean, where present.
+voxels); ``mass_ratio_head_mean``, ``distance_head_mean`` and ``variability_head_mean`` score the reference's plain
+head mean, where present.
 """
 
 from __future__ import annotations
@@ -97,6 +106,11 @@ def _centroid(maps: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, fl
     return (maps * x).sum((1, 2)).mean(), (maps * y).sum((1, 2)).mean()
 
 
+def map_variability(maps: np.ndarray) -> float:
+    """Mean over images of the total-variation distance between each map ``(N, gh, gw)`` and their mean map."""
+    return float(0.5 * np.abs(maps - maps.mean(0)).sum((1, 2)).mean())
+
+
 def _masks_from_cover(cover: np.ndarray) -> np.ndarray:
     peak = cover.max((-2, -1), keepdims=True)
     # A small object may cover no cell by COVER: it then owns its best-covered cell.
@@ -151,10 +165,19 @@ def routing_scores(
     for name, voxels in rois.items():
         if maps[name] is None:  # no voxel of this ROI reads a query (an attention file older than voxel_query)
             continue
-        kinds = [k.partition(":")[0] for k in kind[voxels]]
+        kinds, _, mixed = zip(*(k.partition(":") for k in kind[voxels]), strict=True)
         truth = Counter(kinds).most_common(1)[0][0]
-        row = {"subject": subject, "query": name, "truth": truth or "unlabelled", "n_voxels": len(voxels)}
         a = maps[name]
+        row = {
+            "subject": subject,
+            "query": name,
+            "truth": truth or "unlabelled",
+            "mixed": np.mean([bool(m) for m in mixed]) > 0.5,
+            "n_voxels": len(voxels),
+            "variability": map_variability(a),
+        }
+        if head_mean is not None:
+            row["variability_head_mean"] = map_variability(head_mean[name])
         if truth in OBJECT_CATEGORIES:
             masks = objects[:, CATEGORIES.index(truth)]
             share = masks.mean((1, 2))
@@ -165,14 +188,16 @@ def routing_scores(
             if has.any():
                 chance = share[has].mean()  # a uniform map's mass, and a random peak's hit rate
                 own = voxels[[k == truth for k in kinds]]
-                truth_mass = (truth_maps(brain.readout, cats, CATEGORIES.index(truth), own, grid) * masks).sum((1, 2))
+                truth_map = truth_maps(brain.readout, cats, CATEGORIES.index(truth), own, grid)
                 row.update(
                     family="category",
                     n_images=int(has.sum()),
                     mass_ratio=mass[has].mean() / chance,
+                    mass_ratio_static=(a.mean(0) * masks).sum((1, 2))[has].mean() / chance,
                     peak_on_object=on_object[has].mean(),
                     peak_chance=chance,
-                    truth_mass_ratio=truth_mass[has].mean() / chance,
+                    truth_mass_ratio=(truth_map * masks).sum((1, 2))[has].mean() / chance,
+                    truth_variability=map_variability(truth_map),
                 )
                 if head_mean is not None:
                     row["mass_ratio_head_mean"] = (head_mean[name] * masks).sum((1, 2))[has].mean() / chance
