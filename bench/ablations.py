@@ -29,14 +29,13 @@ import json
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
 from common import DEMO_HEADING, code_version, demo_arguments, parse_arm, pool_map, report
 
 from brainatt.encoding.data import FAMILIES, SubjectData, load_subject, validation_split
-from brainatt.encoding.evaluate import NC_MIN, load_truth, summarize, voxel_scores
+from brainatt.encoding.evaluate import NC_MIN, load_test_predictions, load_truth, summarize, voxel_scores
 from brainatt.encoding.fit import train_member
 from brainatt.encoding.train import ensemble_predict, predict
 from brainatt.features.cache import FeatureCache
@@ -118,8 +117,7 @@ def ensemble_rows(results: Path, members: list[dict]) -> pd.DataFrame:
         row |= {"epochs": group["epochs"].mean(), "s_epoch": group["s_epoch"].median()}
         rows.append(row | {"n_queries": int(group["n_queries"].iloc[0])})
     for subject in dict.fromkeys(m["subject"] for m in members):
-        with h5py.File(results / "encoding" / subject / "transformer" / "test_pred.h5", "r") as f:
-            pred = f["pred"][()]
+        _, pred = load_test_predictions(results / "encoding" / subject / "transformer" / "test_pred.h5")
         info = json.loads((results / "encoding" / subject / "transformer" / "model.json").read_text())
         row = family_scores(results, subject, "reference", pred)
         epochs = np.mean([m["epochs"] for m in info["members"]])

@@ -30,10 +30,11 @@ from common import DEMO_HEADING, code_version, demo_arguments, pool_map, report
 from safetensors.torch import save_file
 
 from brainatt.encoding.data import load_subject
-from brainatt.encoding.evaluate import NC_MIN
+from brainatt.encoding.evaluate import NC_MIN, load_test_predictions
 from brainatt.encoding.fit import EncodingConfig, fit_predict
 from brainatt.features.cache import FeatureCache, extract_features
-from brainatt.models.loading import ModelSpec, resolve_kit
+from brainatt.models.kit import kit_is_current
+from brainatt.models.loading import SHIPPED_KIT, ModelSpec, resolve_kit
 
 ENCODERS = ("transformer", "ridge_tokens")
 TRAINED, UNTRAINED = "kit:clip", "kit:clip untrained"
@@ -51,25 +52,39 @@ def untrained_clip(kit_clip: Path, out: Path, seed: int = 0) -> Path:
 
 
 def fit_one(results: Path, features: Path | None, subject: str, encoder: str) -> dict:
-    """``encoder`` on ``subject`` from the tokens in ``features`` (``None``: the demo's own fit), scored."""
+    """``encoder`` on ``subject`` from the tokens in ``features`` (``None``: the demo's own fit), scored; ``arm`` is
+    the backbone."""
     torch.set_num_threads(1)
     if features is None:
-        with h5py.File(results / "encoding" / subject / encoder / "test_pred.h5", "r") as f:
-            pred = f["pred"][()]
+        _, pred = load_test_predictions(results / "encoding" / subject / encoder / "test_pred.h5")
     else:
         sub = load_subject(results / "prep" / subject / "responses.h5")
         cfg = EncodingConfig.from_config(demo_settings(results, subject))
         pred = fit_predict(encoder, sub, FeatureCache(features), cfg, "cpu")["pred"]
-    row = family_scores(results, subject, encoder, pred)
-    return row | {"encoder": encoder, "backbone": TRAINED if features is None else UNTRAINED}
+    return family_scores(results, subject, TRAINED if features is None else UNTRAINED, pred) | {"encoder": encoder}
+
+
+def pipeline_kit(results: Path) -> Path:
+    """The kit directory the workflow used for ``results`` (`workflow/rules/common.smk`): the shipped kit when it
+    matches the stimuli's image size, else the one the workflow trained into ``results/kit``."""
+    with h5py.File(results / "stimuli" / "images.h5", "r") as f:
+        image_size = f["images"].shape[1]
+    return SHIPPED_KIT if kit_is_current(SHIPPED_KIT, image_size) else results / "kit"
+
+
+def token_shapes(cache: FeatureCache) -> dict[int, tuple[int, ...]]:
+    """Each cached layer's token shape ``(gh, gw, C)``."""
+    with h5py.File(cache.path, "r") as f:
+        return {layer: f[f"tokens/{layer}"].shape[1:] for layer in cache.layers}
 
 
 def section(table: pd.DataFrame, subjects: list[str], workers: int) -> str:
     """The RESULTS.md subsection: per backbone and family, both encoders and the transformer's lead."""
+    code = code_version(("brainatt", "bench/backbones.py"))
     lines = [
         "### Backbone ranking (test images of the demo, `bench/backbones.py`)",
         "",
-        f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; code: {code_version(('brainatt',))}; "
+        f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; code: {code}; "
         f"subjects {', '.join(subjects)};\n  {TRAINED}: the demo's own fits; {UNTRAINED}: the same architecture with "
         f"open_clip's initialisation (seed 0), fitted here; {workers} one-thread workers",
         f"- NC-normalised test accuracy (voxels with NC ≥ {NC_MIN:g} %), mean over subjects; lead: transformer − "
@@ -79,7 +94,7 @@ def section(table: pd.DataFrame, subjects: list[str], workers: int) -> str:
         "|---|---|---:|---:|---:|",
     ]
     for backbone in (TRAINED, UNTRAINED):
-        rows = table[table["backbone"] == backbone]
+        rows = table[table["arm"] == backbone]
         by = {enc: rows[rows["encoder"] == enc].set_index("subject") for enc in ENCODERS}
         for column in (*COLUMNS, "r_truth"):
             lead = by["transformer"][column] - by["ridge_tokens"][column]
@@ -95,13 +110,17 @@ def main() -> None:
     args = p.parse_args()
     demo_cache = FeatureCache(args.results / "features" / args.features)
     if demo_cache.backbone != TRAINED:
-        raise SystemExit(f"{demo_cache.path}: backbone {demo_cache.backbone}; this bench compares {TRAINED} untrained")
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = untrained_clip(Path(resolve_kit(TRAINED)), Path(tmp) / "clip-untrained")
-        spec = ModelSpec.from_config("backbone", {"name": str(model_dir), "layers": demo_cache.layers})
-        features = extract_features(
-            args.results / "stimuli" / "images.h5", spec, Path(tmp) / "untrained.h5", device="cpu"
+        raise SystemExit(
+            f"{demo_cache.path}: backbone {demo_cache.backbone}; this bench compares {TRAINED} with its twin"
         )
+    kit_clip = Path(resolve_kit(TRAINED, pipeline_kit(args.results)))
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = untrained_clip(kit_clip, Path(tmp) / "clip-untrained")
+        spec = ModelSpec.from_config("backbone", {"name": str(model_dir), "layers": demo_cache.layers})
+        out = Path(tmp) / "untrained.h5"
+        features = extract_features(args.results / "stimuli" / "images.h5", spec, out, device="cpu")
+        if token_shapes(FeatureCache(features)) != token_shapes(demo_cache):
+            raise SystemExit(f"{kit_clip}: its tokens differ from {demo_cache.path}'s: not the kit the demo used")
         jobs = [(args.results, f, s, enc) for f in (features, None) for enc in ENCODERS for s in args.subjects]
         rows = pool_map(fit_one, jobs, args.workers, lambda row: json.dumps(row, default=float))
     table = pd.DataFrame(rows)

@@ -21,7 +21,6 @@ import json
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -29,7 +28,7 @@ from ablations import COLUMNS, demo_settings, family_scores
 from common import DEMO_HEADING, code_version, demo_arguments, pool_map, report
 
 from brainatt.encoding.data import load_subject
-from brainatt.encoding.evaluate import NC_MIN
+from brainatt.encoding.evaluate import NC_MIN, load_test_predictions
 from brainatt.encoding.fit import EncodingConfig, fit_predict
 from brainatt.features.cache import FeatureCache
 
@@ -45,10 +44,8 @@ def fit_one(results: Path, features: str, subject: str, encoder: str, fraction: 
     """
     torch.set_num_threads(1)
     sub = load_subject(results / "prep" / subject / "responses.h5")
-    demo_fit = results / "encoding" / subject / encoder / "test_pred.h5"
-    if fraction == 1 and demo_fit.exists():
-        with h5py.File(demo_fit, "r") as f:
-            pred = f["pred"][()]
+    if fraction == 1 and encoder != "ridge_full":  # the demo fitted it
+        _, pred = load_test_predictions(results / "encoding" / subject / encoder / "test_pred.h5")
     else:
         n_keep = round(fraction * len(sub.train_ids))
         keep = np.sort(np.random.default_rng(0).permutation(len(sub.train_ids))[:n_keep])

@@ -15,14 +15,13 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
 from common import DEMO_HEADING, code_version, demo_arguments, report
 
 from brainatt.encoding.data import FAMILIES, load_subject
-from brainatt.encoding.evaluate import NC_MIN, load_truth, summarize, voxel_scores
+from brainatt.encoding.evaluate import NC_MIN, load_test_predictions, load_truth, summarize, voxel_scores
 from brainatt.encoding.fit import load_members
 from brainatt.encoding.train import predict
 from brainatt.features.cache import FeatureCache
@@ -38,8 +37,7 @@ def subject_rows(results: Path, subject: str, encoder: str, cache: FeatureCache)
     width = cache.tokens(cache.layers[0], sub.test_ids[:1]).shape[-1]
     torch.set_num_threads(1)
     info, models = load_members(folder, sub, width)
-    with h5py.File(folder / "test_pred.h5", "r") as f:
-        ensemble = f["pred"][()]
+    _, ensemble = load_test_predictions(folder / "test_pred.h5")
     runs = [("ensemble", ensemble, None)]
     for member, model in zip(info["members"], models, strict=True):
         pred = predict(model, torch.from_numpy(cache.tokens(member["layer"], sub.test_ids)))

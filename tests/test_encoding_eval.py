@@ -18,7 +18,7 @@ from brainatt.encoding.data import QUERY_MODES, SubjectData, assign_queries, val
 from brainatt.encoding.evaluate import load_truth, summarize, voxel_scores
 from brainatt.encoding.fit import build_model, split_settings
 from brainatt.encoding.readout import VoxelReadout
-from brainatt.encoding.routing import object_masks, routing_scores, truth_maps
+from brainatt.encoding.routing import map_variability, object_masks, routing_scores, truth_maps
 from brainatt.features.cache import FeatureCache, backbone_slug
 from brainatt.io import BrainattError
 from brainatt.synth.brain import sample_voxel_params
@@ -120,10 +120,16 @@ def test_truth_is_aligned_by_voxel_coordinates(tmp_path: Path) -> None:
 SPEC = WorldSpec(n_subjects=1, n_train=30, n_shared=10, image_size=32, trials_per_session=40)
 
 
-def _routing_world(tmp_path: Path, face_maps, v1_maps, head_mean=None) -> tuple[pd.DataFrame, np.ndarray]:
+ROUTING_SCORES = pd.DataFrame({"voxel": [2, 0, 1, 3], "roi": ["V1v", "FFA-1", "FFA-1", "V1v"], "hemi": ["lh"] * 4})
+
+
+def _routing_world(
+    tmp_path: Path, face_maps, v1_maps, head_mean=None, ids: np.ndarray | None = None
+) -> tuple[pd.DataFrame, np.ndarray]:
     """A ground-truth folder for SPEC's scenes, attention maps from the given functions of the face masks.
 
-    ``head_mean``, if given, makes the plain head-mean maps of both queries from the face masks.
+    ``head_mean``, if given, makes the plain head-mean maps of both queries from the face masks. ``ids``: the test
+    scenes (default all of them).
     """
     gt = tmp_path / "ground_truth"
     gt.mkdir(exist_ok=True)
@@ -140,7 +146,7 @@ def _routing_world(tmp_path: Path, face_maps, v1_maps, head_mean=None) -> tuple[
             f[f"params/{key}"] = value
         f["readout/mean"], f["readout/std"] = np.zeros(4, np.float32), np.ones(4, np.float32)
         f.attrs["grid"] = SPEC.image_size // 4
-    ids = np.arange(SPEC.n_images)
+    ids = np.arange(SPEC.n_images) if ids is None else ids
     faces = object_masks(gt, ids, GRID)[:, CATEGORIES.index("face")]
     with h5py.File(tmp_path / "attention.h5", "w") as f:
         f["queries"] = np.array([b"lh.FFA-1", b"lh.V1v"])
@@ -149,8 +155,7 @@ def _routing_world(tmp_path: Path, face_maps, v1_maps, head_mean=None) -> tuple[
         if head_mean:
             f["maps_head_mean"] = np.stack([head_mean(faces)] * 2).astype(np.float16)
         f.attrs["grid"] = list(GRID)
-    scores = pd.DataFrame({"voxel": [2, 0, 1, 3], "roi": ["V1v", "FFA-1", "FFA-1", "V1v"], "hemi": ["lh"] * 4})
-    return routing_scores(tmp_path / "attention.h5", scores, gt, "subj01").set_index("query"), faces
+    return routing_scores(tmp_path / "attention.h5", ROUTING_SCORES, gt, "subj01").set_index("query"), faces
 
 
 def test_object_masks_are_the_rendered_objects(tmp_path: Path) -> None:
@@ -192,10 +197,8 @@ def test_routing_scores_recover_planted_routing(tmp_path: Path) -> None:
     assert table.loc["lh.FFA-1", "peak_chance"] == pytest.approx(share)
     assert table.loc["lh.V1v", "distance"] == pytest.approx(np.hypot(0.125, 0.025), abs=1e-3)
     assert table.loc["lh.V1v", "distance"] < table.loc["lh.V1v", "distance_uniform"]
-    # attention that follows the faces changes with the image and beats its own mean map held fixed
+    # attention that follows the faces changes with the image; a fixed patch's does not
     assert table.loc["lh.V1v", "variability"] == 0.0 < table.loc["lh.FFA-1", "variability"]
-    assert 1.0 < table.loc["lh.FFA-1", "mass_ratio_static"] < table.loc["lh.FFA-1", "mass_ratio"]
-    assert not table["mixed"].any()  # FFA-1's voxels are half face, half face:mixed
     # the reference's head-mean maps, scored beside: here uniform
     assert table.loc["lh.FFA-1", "mass_ratio_head_mean"] == pytest.approx(1.0, rel=1e-3)
     assert (table["variability_head_mean"] == 0).all()
@@ -203,16 +206,46 @@ def test_routing_scores_recover_planted_routing(tmp_path: Path) -> None:
 
 
 def test_a_static_map_gets_no_credit_for_following_the_objects(tmp_path: Path) -> None:
-    tracking, _ = _routing_world(tmp_path, _on_faces, _uniform)
     table, _ = _routing_world(tmp_path, lambda m: np.broadcast_to(_on_faces(m).mean(0), m.shape), _uniform)
     face = table.loc["lh.FFA-1"]
     assert face["variability"] == 0.0
     assert face["mass_ratio"] == pytest.approx(face["mass_ratio_static"], rel=1e-3)
-    assert face["mass_ratio_static"] == pytest.approx(tracking.loc["lh.FFA-1", "mass_ratio_static"], rel=1e-3)
+    assert "mass_ratio_best_static" not in table  # every scene is a test scene: nothing to place a static map from
+
+
+def test_the_best_static_map_is_placed_from_the_scenes_outside_the_test_set(tmp_path: Path) -> None:
+    test_ids = np.arange(24)
+    tracking, _ = _routing_world(tmp_path, _on_faces, _uniform, ids=test_ids)
+    others = object_masks(tmp_path / "ground_truth", np.arange(24, SPEC.n_images), GRID)[:, CATEGORIES.index("face")]
+    cell = np.unravel_index(others.mean(0).argmax(), GRID)
+
+    def on_cell(m: np.ndarray) -> np.ndarray:
+        out = np.zeros(m.shape)
+        out[:, cell[0], cell[1]] = 1
+        return out
+
+    placed, _ = _routing_world(tmp_path, on_cell, _uniform, ids=test_ids)
+    best = tracking.loc["lh.FFA-1", "mass_ratio_best_static"]
+    assert placed.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(best, rel=1e-3)
+    assert best < tracking.loc["lh.FFA-1", "mass_ratio"]  # attention on every image's faces beats any fixed patch
+    # leave one out: the tracking maps' mean over the other images is not credited with this image's faces
+    assert 1.0 < tracking.loc["lh.FFA-1", "mass_ratio_static"] < tracking.loc["lh.FFA-1", "mass_ratio"]
+
+
+def test_map_variability_is_the_mean_total_variation_distance_to_the_mean_map() -> None:
+    one_hot = np.eye(4).reshape(4, 2, 2)
+    assert map_variability(one_hot[:2]) == pytest.approx(0.5)
+    assert map_variability(one_hot) == pytest.approx(1 - 1 / 4)
+    assert map_variability(np.broadcast_to(one_hot[:1], (3, 2, 2))) == 0.0
+
+
+def test_routing_marks_rois_of_mixed_kinds(tmp_path: Path) -> None:
+    table, _ = _routing_world(tmp_path, _uniform, _uniform)
+    assert not table["mixed"].any()  # FFA-1's voxels are half face, half face:mixed
     with h5py.File(tmp_path / "ground_truth/subj01.h5", "r+") as f:
         f["kind"][:2] = np.array([b"face:mixed"] * 2)
-    scores = pd.DataFrame({"voxel": [2, 0, 1, 3], "roi": ["V1v", "FFA-1", "FFA-1", "V1v"], "hemi": ["lh"] * 4})
-    mixed = routing_scores(tmp_path / "attention.h5", scores, tmp_path / "ground_truth", "subj01").set_index("query")
+    gt = tmp_path / "ground_truth"
+    mixed = routing_scores(tmp_path / "attention.h5", ROUTING_SCORES, gt, "subj01").set_index("query")
     assert mixed["mixed"].to_dict() == {"lh.FFA-1": True, "lh.V1v": False}
 
 

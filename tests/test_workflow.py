@@ -103,8 +103,10 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path: Path) -> None:
     assert set(encoding.subject) == {"subj01", "subj02"}
     assert encoding.loc[encoding.roi == "all", "r_truth"].notna().all()
     routing = pd.read_csv(tmp_path / "results/tables/routing.tsv", sep="\t")
-    claims = {"mass_ratio", "mass_ratio_static", "truth_mass_ratio", "distance", "variability", "truth_variability"}
-    assert {"query", "truth", "mixed", "mass_ratio_head_mean", "variability_head_mean", *claims} <= set(routing.columns)
+    against_truth = {"mass_ratio", "truth_mass_ratio", "distance", "variability", "truth_variability", "mixed"}
+    fixed_maps = {"mass_ratio_static", "mass_ratio_best_static"}
+    head_mean = {"mass_ratio_head_mean", "variability_head_mean"}
+    assert {"query", "truth", *against_truth, *fixed_maps, *head_mean} <= set(routing.columns)
     scores = pd.read_csv(tmp_path / "results/encoding/subj01/transformer/voxel_scores.tsv", sep="\t")
     by_voxel = scores.sort_values("voxel")
     labels = (by_voxel["hemi"] + "." + by_voxel["roi"]).to_numpy()

@@ -15,15 +15,16 @@ truth says what its voxels do (the majority generating kind), and the map scored
   (`VoxelReadout.pooling_weights` of the ROI's voxels of that category, summed into token cells): how
   focused routing can be on this grid. Places are whole-scene layouts with no object patches; their ROIs are
   not scored this way.
-  Routing should also follow the object from image to image (the digest's claim 3): ``mass_ratio_static``
-  scores, the same way, one fixed map for every image (the mean of the ROI's maps over the test images), what
-  a static receptive field with the same average attention would reach; ``truth_variability`` is the truth's
-  own ``variability`` (below).
+  Routing should also follow the object from image to image (the digest's claim 3). Two fixed maps, the same for
+  every image, are scored the same way: ``mass_ratio_static``, the ROI's own maps averaged over the other test
+  images (leave one out), and ``mass_ratio_best_static``, all attention on the one patch that most often lies on
+  the category's objects in the world's scenes outside the test set: the most any static receptive field placed
+  from those scenes puts on the objects. ``truth_variability`` is the truth's own ``variability`` (below).
 - a **retinotopic** ROI should look where its voxels' pRFs are: ``distance`` between the attention centroid
   (mean over test images) and the mean true pRF centre, in image widths; ``distance_uniform`` is the same for
   a uniform map (the image centre), the score to beat. Its map should barely change with the image.
 - every ROI: ``variability`` is the mean over test images of the total-variation distance between the image's
-  map and the mean map (0 = the same map for every image, 1 = disjoint maps); ``mixed`` marks the ROIs whose
+  map and the mean map (0 = the same map for every image; 1 − 1/N for N disjoint maps); ``mixed`` marks the ROIs whose
   voxels are mostly nsd-synth's ``:mixed`` kinds, category areas that keep a spatial preference and some
   retinotopy (OFA, OPA, OWFA).
 
@@ -82,10 +83,14 @@ def _render_scenes(ground_truth: Path, nsd_ids: np.ndarray, grid: tuple[int, int
     return np.stack(images), np.stack(covers)
 
 
-def _test_scenes(ground_truth: Path, nsd_ids: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, torch.Tensor]:
-    """The scenes' category covers on the token grid and the visual system's category maps. Every subject is tested
-    on the same shared images and the visual system is the same for all, so the summary computes them once (cached
-    on the world files' path and modification times; the arrays are shared: read only)."""
+def _test_scenes(
+    ground_truth: Path, nsd_ids: np.ndarray, grid: tuple[int, int]
+) -> tuple[np.ndarray, torch.Tensor, np.ndarray | None]:
+    """The test scenes' category covers on the token grid, the visual system's category maps, and ``(K, gh, gw)``
+    how often each patch lies on each category's objects in the world's other scenes (``None`` if there are none).
+    Every subject is tested on the same shared images and the visual system is the same for all, so the summary
+    computes them once (cached on the world files' path and modification times; the arrays are shared: read
+    only)."""
     files = [ground_truth / name for name in ("world.json", "scenes.json")]
     stamp = tuple(f.stat().st_mtime_ns for f in files)
     return _cached_test_scenes(ground_truth.resolve(), tuple(nsd_ids.tolist()), grid, stamp)
@@ -94,16 +99,30 @@ def _test_scenes(ground_truth: Path, nsd_ids: np.ndarray, grid: tuple[int, int])
 @functools.lru_cache(maxsize=2)
 def _cached_test_scenes(
     ground_truth: Path, nsd_ids: tuple[int, ...], grid: tuple[int, int], stamp: tuple[int, ...]
-) -> tuple[np.ndarray, torch.Tensor]:
+) -> tuple[np.ndarray, torch.Tensor, np.ndarray | None]:
     """`_test_scenes`, cached; ``stamp`` only keys the cache."""
     images, cover = _render_scenes(ground_truth, np.array(nsd_ids), grid)
     cover.flags.writeable = False
-    return cover, visual_features(VisualSystem().eval(), images)[1]
+    n_scenes = len(json.loads((ground_truth / "scenes.json").read_text()))
+    others = np.setdiff1d(np.arange(n_scenes), nsd_ids)
+    prior = None
+    if len(others):
+        chunks = np.array_split(others, -(-len(others) // 500))  # rendered images are not kept
+        on_object = sum(_masks_from_cover(_render_scenes(ground_truth, c, grid)[1]).sum(0) for c in chunks)
+        prior = on_object / len(others)
+        prior.flags.writeable = False
+    return cover, visual_features(VisualSystem().eval(), images)[1], prior
 
 
 def _centroid(maps: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Mean over images of the attention centroid of ``maps`` ``(N, gh, gw)``, in image widths."""
     return (maps * x).sum((1, 2)).mean(), (maps * y).sum((1, 2)).mean()
+
+
+def _mass_ratio(maps: np.ndarray, masks: np.ndarray, images: np.ndarray) -> float:
+    """Attention mass on the object's patches over the object's share of the patches, both averaged over
+    ``images`` (1 = no routing). ``maps`` ``(N | 1, gh, gw)``, ``masks`` ``(N, gh, gw)`` bool, ``images`` bool."""
+    return float((maps * masks).sum((1, 2))[images].mean() / masks.mean((1, 2))[images].mean())
 
 
 def map_variability(maps: np.ndarray) -> float:
@@ -157,7 +176,7 @@ def routing_scores(
             if "maps_head_mean" in f
             else None
         )
-    cover, cats = _test_scenes(gt, nsd_ids, grid)
+    cover, cats, prior = _test_scenes(gt, nsd_ids, grid)
     objects = _masks_from_cover(cover)
     brain = load_brain(gt, subject)
     x, y = _grid_centres(grid)
@@ -181,28 +200,30 @@ def routing_scores(
         if truth in OBJECT_CATEGORIES:
             masks = objects[:, CATEGORIES.index(truth)]
             share = masks.mean((1, 2))
-            mass = (a * masks).sum((1, 2))
             has, small = share > 0, (share > 0) & (share <= SMALL)
             peak = a.reshape(len(a), -1).argmax(1)
             on_object = masks.reshape(len(masks), -1)[np.arange(len(masks)), peak]
             if has.any():
-                chance = share[has].mean()  # a uniform map's mass, and a random peak's hit rate
                 own = voxels[[k == truth for k in kinds]]
                 truth_map = truth_maps(brain.readout, cats, CATEGORIES.index(truth), own, grid)
                 row.update(
                     family="category",
                     n_images=int(has.sum()),
-                    mass_ratio=mass[has].mean() / chance,
-                    mass_ratio_static=(a.mean(0) * masks).sum((1, 2))[has].mean() / chance,
+                    mass_ratio=_mass_ratio(a, masks, has),
+                    mass_ratio_static=_mass_ratio((a.sum(0) - a) / max(len(a) - 1, 1), masks, has),
                     peak_on_object=on_object[has].mean(),
-                    peak_chance=chance,
-                    truth_mass_ratio=(truth_map * masks).sum((1, 2))[has].mean() / chance,
+                    peak_chance=share[has].mean(),  # a uniform map's mass, and a random peak's hit rate
+                    truth_mass_ratio=_mass_ratio(truth_map, masks, has),
                     truth_variability=map_variability(truth_map),
                 )
+                if prior is not None:
+                    best = np.zeros((1, *grid))
+                    best.flat[prior[CATEGORIES.index(truth)].argmax()] = 1
+                    row["mass_ratio_best_static"] = _mass_ratio(best, masks, has)
                 if head_mean is not None:
-                    row["mass_ratio_head_mean"] = (head_mean[name] * masks).sum((1, 2))[has].mean() / chance
+                    row["mass_ratio_head_mean"] = _mass_ratio(head_mean[name], masks, has)
             if small.any():
-                row.update(n_small=int(small.sum()), mass_ratio_small=mass[small].mean() / share[small].mean())
+                row.update(n_small=int(small.sum()), mass_ratio_small=_mass_ratio(a, masks, small))
         elif truth.startswith(("V", "hV")):
             cx, cy = _centroid(a, x, y)
             tx, ty = prf_x[voxels].mean(), prf_y[voxels].mean()

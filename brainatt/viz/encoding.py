@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D
 from scipy import ndimage
 
 from brainatt.encoding.attention_maps import roi_attention, roi_voxels, voxel_labels, voxel_queries
-from brainatt.encoding.evaluate import NC_MIN
+from brainatt.encoding.evaluate import NC_MIN, load_test_predictions
 from brainatt.io import BrainattError, atomic_path, read_by_nsd_id
 
 FAMILY_ORDER = ("retinotopic", "category", "other")
@@ -376,8 +376,7 @@ def attention_figure(
 
     Every panel's matplotlib gid is the ROI label whose map it shows (it becomes the element id in SVG output).
     """
-    with h5py.File(test_pred_h5, "r") as f:
-        pred_ids, pred = f["nsd_ids"][()], f["pred"][()]
+    pred_ids, pred = load_test_predictions(test_pred_h5)
     _require(voxel_scores, ["voxel", "roi", "hemi"], "voxel scores")
     labels = voxel_labels(voxel_scores)
     with h5py.File(attention_h5, "r") as a:
