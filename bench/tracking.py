@@ -24,6 +24,8 @@ COLUMNS = {
     "mass_ratio_best_static": "mass ratio, best fixed patch",
 }
 
+ORDER = ("retinotopic", "face", "face, mixed", "body", "food", "word", "word, mixed", "place", "unlabelled")
+
 
 def kinds(table: pd.DataFrame) -> pd.Series:
     """Each row's group: ``retinotopic``, a category with ``, mixed`` where its voxels are mostly ``:mixed``, or
@@ -68,7 +70,9 @@ def section(table: pd.DataFrame, results: str) -> str:
         "| ROIs | rows | " + " | ".join(COLUMNS.values()) + " |",
         "|---|---:|" + "---:|" * len(COLUMNS),
     ]
-    for kind, rows in table.groupby("kind", sort=False):
+    groups = sorted(table["kind"].unique(), key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER))
+    for kind in groups:
+        rows = table[table["kind"] == kind]
         cells = [cell(rows[c]) if c in rows else "" for c in COLUMNS]
         lines.append(f"| {kind} | {len(rows)} | " + " | ".join(cells) + " |")
     cat, ret = table[table["family"] == "category"], table[table["family"] == "retinotopic"]
