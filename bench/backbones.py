@@ -33,8 +33,8 @@ from brainatt.encoding.data import load_subject
 from brainatt.encoding.evaluate import NC_MIN, load_test_predictions
 from brainatt.encoding.fit import EncodingConfig, fit_predict
 from brainatt.features.cache import FeatureCache, extract_features
-from brainatt.models.kit import kit_is_current
-from brainatt.models.loading import SHIPPED_KIT, ModelSpec, resolve_kit
+from brainatt.models.kit import kit_in_use
+from brainatt.models.loading import ModelSpec, resolve_kit
 
 ENCODERS = ("transformer", "ridge_tokens")
 TRAINED, UNTRAINED = "kit:clip", "kit:clip untrained"
@@ -62,14 +62,6 @@ def fit_one(results: Path, features: Path | None, subject: str, encoder: str) ->
         cfg = EncodingConfig.from_config(demo_settings(results, subject))
         pred = fit_predict(encoder, sub, FeatureCache(features), cfg, "cpu")["pred"]
     return family_scores(results, subject, TRAINED if features is None else UNTRAINED, pred) | {"encoder": encoder}
-
-
-def pipeline_kit(results: Path) -> Path:
-    """The kit directory the workflow used for ``results`` (`workflow/rules/common.smk`): the shipped kit when it
-    matches the stimuli's image size, else the one the workflow trained into ``results/kit``."""
-    with h5py.File(results / "stimuli" / "images.h5", "r") as f:
-        image_size = f["images"].shape[1]
-    return SHIPPED_KIT if kit_is_current(SHIPPED_KIT, image_size) else results / "kit"
 
 
 def token_shapes(cache: FeatureCache) -> dict[int, tuple[int, ...]]:
@@ -113,7 +105,9 @@ def main() -> None:
         raise SystemExit(
             f"{demo_cache.path}: backbone {demo_cache.backbone}; this bench compares {TRAINED} with its twin"
         )
-    kit_clip = Path(resolve_kit(TRAINED, pipeline_kit(args.results)))
+    with h5py.File(args.results / "stimuli" / "images.h5", "r") as f:
+        image_size = f["images"].shape[1]
+    kit_clip = Path(resolve_kit(TRAINED, kit_in_use(image_size, args.results / "kit")))  # the workflow's kit
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = untrained_clip(kit_clip, Path(tmp) / "clip-untrained")
         spec = ModelSpec.from_config("backbone", {"name": str(model_dir), "layers": demo_cache.layers})

@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -62,14 +63,15 @@ def _grid_centres(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _render_scenes(ground_truth: Path, nsd_ids: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Re-render the world's scenes: images ``(N, H, W, 3)`` and each category's cover ``(N, K, gh, gw)``."""
+def _rendered(
+    ground_truth: Path, nsd_ids: np.ndarray, grid: tuple[int, int]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Re-render the world's scenes one by one: the image ``(H, W, 3)`` and each category's cover ``(K, gh, gw)``."""
     world = json.loads((ground_truth / "world.json").read_text())
     scenes_json = json.loads((ground_truth / "scenes.json").read_text())
     if grid[0] != grid[1]:
         raise BrainattError(f"{ground_truth}: object masks need a square token grid, got {grid}")
     scenes, _ = world_scenes(WorldSpec.from_config(world["spec"]))
-    images, covers = [], []
     for i in nsd_ids:
         scene = scenes[int(i)]
         listed = [(o["category"], round(o["cx"], 6)) for o in scenes_json[int(i)]["objects"]]
@@ -77,9 +79,12 @@ def _render_scenes(ground_truth: Path, nsd_ids: np.ndarray, grid: tuple[int, int
             raise BrainattError(
                 f"{ground_truth}: scene {i} differs from the generator's: rerun synthesize with this version"
             )
-        image, cover = render(scene, world["spec"]["image_size"], grid[0])
-        images.append(image)
-        covers.append(cover)
+        yield render(scene, world["spec"]["image_size"], grid[0])
+
+
+def _render_scenes(ground_truth: Path, nsd_ids: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Re-render the world's scenes: images ``(N, H, W, 3)`` and each category's cover ``(N, K, gh, gw)``."""
+    images, covers = zip(*_rendered(ground_truth, nsd_ids, grid), strict=True)
     return np.stack(images), np.stack(covers)
 
 
@@ -106,10 +111,8 @@ def _cached_test_scenes(
     n_scenes = len(json.loads((ground_truth / "scenes.json").read_text()))
     others = np.setdiff1d(np.arange(n_scenes), nsd_ids)
     prior = None
-    if len(others):
-        chunks = np.array_split(others, -(-len(others) // 500))  # rendered images are not kept
-        on_object = sum(_masks_from_cover(_render_scenes(ground_truth, c, grid)[1]).sum(0) for c in chunks)
-        prior = on_object / len(others)
+    if len(others):  # scene by scene: the rendered images are not kept
+        prior = sum(_masks_from_cover(c) for _, c in _rendered(ground_truth, others, grid)) / len(others)
         prior.flags.writeable = False
     return cover, visual_features(VisualSystem().eval(), images)[1], prior
 

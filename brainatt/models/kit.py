@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from brainatt import __version__
 from brainatt.io import BrainattError, atomic_path, file_hash, write_json
+from brainatt.models.loading import SHIPPED_KIT
 from brainatt.synth.scenes import caption, render_many, sample_scene, scenes_fingerprint
 from brainatt.synth.world import images_to_tensor
 
@@ -111,6 +112,12 @@ def kit_is_current(kit_dir: str | Path, image_size: int) -> bool:
     if not path.exists():
         return False
     return json.loads(path.read_text()).get("generator_fingerprint") == kit_fingerprint(image_size)
+
+
+def kit_in_use(image_size: int, retrained: str | Path = "results/kit") -> Path:
+    """The kit the workflow runs with: the shipped one when it matches the scene generator at ``image_size``, else
+    the one the workflow trains into ``retrained`` (a kit trained on another world is stale)."""
+    return SHIPPED_KIT if kit_is_current(SHIPPED_KIT, image_size) else Path(retrained)
 
 
 # -------------------------------------------------------------------------------------------------- training

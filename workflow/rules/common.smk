@@ -1,7 +1,7 @@
 import json
 
 from brainatt.features.cache import backbone_slug
-from brainatt.models.kit import kit_is_current
+from brainatt.models.kit import kit_in_use
 from brainatt.models.loading import SHIPPED_KIT
 
 DATASET = config["dataset"]
@@ -16,7 +16,7 @@ wildcard_constraints:
 
 KIT_SPEC = {"image_size": config.get("synth", {}).get("image_size", 64), **config.get("kit", {})}
 # A kit trained on another world (or another generator version) is stale: retrain it instead of using it.
-KIT_DIR = str(SHIPPED_KIT) if kit_is_current(SHIPPED_KIT, KIT_SPEC["image_size"]) else "results/kit"
+KIT_DIR = str(kit_in_use(KIT_SPEC["image_size"]))
 
 
 def kit_input(wildcards=None):
