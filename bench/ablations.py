@@ -1,11 +1,13 @@
 """What the transformer's accuracy rests on: the digest's claims 4 (position codes) and 6 (query granularity).
 
-Not a timing. Each arm changes one thing in the demo's transformer and refits it as the pipeline does (every
-cached layer, seed 0, ``fit.train_member`` on the demo's validation split, the per-voxel softmax(τ·r_val) layer
-ensemble), then scores the test images with `evaluate.voxel_scores`, the pipeline's scoring, always by the voxels'
-true ROI families. The reference is the demo's own transformer (its ``test_pred.h5``), so every arm is paired with
-it per subject. Arms are ``encoding.transformer`` settings, plus ``rois=shuffled`` (each hemisphere's voxels get
-their ROI labels in random order, ROI sizes kept, so a query serves voxels that route differently):
+Not a timing. Each arm changes one thing in the demo's transformer and refits it as the pipeline does (every cached
+layer, seed 0 unless ``--seed``, ``fit.train_member`` on the demo's validation split, the per-voxel softmax(τ·r_val)
+layer ensemble), then scores the test images with `evaluate.voxel_scores`, the pipeline's scoring, always by the
+voxels' true ROI families. The reference is the demo's own transformer (its ``test_pred.h5``), so every arm is
+paired with it per subject; with ``--seed N`` (N > 0) every arm and the reference, the demo's settings refitted, use
+seed N, so an arm's change can be checked against seed noise. Arms are ``encoding.transformer`` settings, plus
+``rois=shuffled`` (each hemisphere's voxels get their ROI labels in random order, ROI sizes kept, so a query serves
+voxels that route differently):
 
 - ``positions=false``: keys without position codes. Claim 4: that should hurt retinotopic voxels much more than
   category ones (which route by content wherever the object is).
@@ -17,6 +19,7 @@ Fits run in ``--workers`` processes of one thread each.
 
     python bench/ablations.py                      # after make demo; --no-record prints only
     python bench/ablations.py --subjects subj01 --arms positions=false --no-record
+    python bench/ablations.py --subjects subj01 --arms queries=retinotopic-voxel --seed 1 --no-record
 """
 
 from __future__ import annotations
@@ -108,14 +111,17 @@ def family_scores(results: Path, subject: str, arm: str, pred: np.ndarray) -> di
 
 
 def ensemble_rows(results: Path, members: list[dict]) -> pd.DataFrame:
-    """One row per subject × arm: the arm's layer ensemble (weights from validation r) and the demo's reference."""
+    """One row per subject × arm: the arm's layer ensemble (weights from validation r) and the reference: the
+    members of arm ``""`` (the demo's settings refitted) where there are any, else the demo's own fit."""
     rows = []
     for (subject, arm), group in pd.DataFrame(members).groupby(["subject", "arm"], sort=False):
         tau = demo_settings(results, subject)["ensemble_temperature"]
         _, pred = ensemble_predict(np.stack(group["val_r"].tolist()), np.stack(group["pred"].tolist()), tau)
-        row = family_scores(results, subject, arm, pred)
+        row = family_scores(results, subject, arm or "reference", pred)
         row |= {"epochs": group["epochs"].mean(), "s_epoch": group["s_epoch"].median()}
         rows.append(row | {"n_queries": int(group["n_queries"].iloc[0])})
+    if any(m["arm"] == "" for m in members):
+        return pd.DataFrame(rows)
     for subject in dict.fromkeys(m["subject"] for m in members):
         _, pred = load_test_predictions(results / "encoding" / subject / "transformer" / "test_pred.h5")
         info = json.loads((results / "encoding" / subject / "transformer" / "model.json").read_text())
@@ -125,18 +131,23 @@ def ensemble_rows(results: Path, members: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def section(table: pd.DataFrame, arms: list[str], subjects: list[str], workers: int, results: Path) -> str:
+def section(table: pd.DataFrame, arms: list[str], args: argparse.Namespace) -> str:
     """The RESULTS.md subsection: per arm, means over subjects and the change paired against the reference."""
     ref = table[table["arm"] == "reference"].set_index("subject")
+    reference = (
+        f"the demo's settings refitted; every arm seed {args.seed}"
+        if args.seed
+        else f"the demo's transformer in `{args.results}`"
+    )
     lines = [
         "### Routing ablations (test images of the demo, `bench/ablations.py`)",
         "",
         f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; code: {code_version(('brainatt',))}; "
-        f"subjects {', '.join(subjects)}; reference: the demo's transformer in `{results}`",
+        f"subjects {', '.join(args.subjects)}; reference: {reference}",
         f"- NC-normalised test accuracy (voxels with NC ≥ {NC_MIN:g} %) of each arm's layer ensemble, mean over "
         "subjects, and in brackets the change\n  against the reference: mean, worst subject; r truth: mean r "
         "against the noise-free responses, all voxels; epochs: mean\n  over members; s/epoch: median, "
-        f"{workers} one-thread workers side by side",
+        f"{args.workers} one-thread workers side by side",
         "",
         "| arm | queries | " + " | ".join(COLUMNS) + " | r truth | epochs | s/epoch |",
         "|---|---:|" + "---:|" * (len(COLUMNS) + 3),
@@ -167,12 +178,14 @@ def main() -> None:
     p = demo_arguments(__doc__)
     p.add_argument("--arms", nargs="+", default=list(ARMS), help="encoding.transformer settings, key=value,...")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--seed", type=int, default=0, help="every arm's seed; > 0 refits the reference with it too")
     args = p.parse_args()
-    jobs = [(s, arm, layer) for arm in args.arms for s in args.subjects for layer in demo_layers(args, s)]
+    arms = ["", *args.arms] if args.seed else args.arms
+    jobs = [(s, arm, layer, args.seed) for arm in arms for s in args.subjects for layer in demo_layers(args, s)]
     members = pool_map(fit_one, [(args.results, args.features, *job) for job in jobs], args.workers, describe)
     table = ensemble_rows(args.results, members)
     print(table.to_string())
-    text = section(table, args.arms, args.subjects, args.workers, args.results)
+    text = section(table, args.arms, args)
     report(args, DEMO_HEADING, text, "Routing ablations")
 
 

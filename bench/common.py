@@ -26,7 +26,7 @@ def machine(versions: str) -> str:
 
 
 def code_version(timed: tuple[str, ...]) -> str:
-    """The commit the timed code is at, and whether its files (``timed``, repo-relative) had uncommitted edits."""
+    """The commit the timed code is at, and which of its files (``timed``, repo-relative) had uncommitted edits."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         dirty = subprocess.run(
@@ -37,7 +37,8 @@ def code_version(timed: tuple[str, ...]) -> str:
         )
     except OSError:
         return "unknown (no git)"
-    return head.stdout.strip() + (f" + uncommitted edits to {' '.join(timed)}" if dirty.stdout.strip() else "")
+    edited = [line[3:] for line in dirty.stdout.splitlines()]
+    return head.stdout.strip() + (f" + uncommitted edits to {' '.join(edited)}" if edited else "")
 
 
 def record(heading: str, text: str, subsection: str | None = None) -> None:
