@@ -131,9 +131,10 @@ def ensemble_rows(results: Path, members: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def section(table: pd.DataFrame, arms: list[str], args: argparse.Namespace) -> str:
+def section(table: pd.DataFrame, args: argparse.Namespace) -> str:
     """The RESULTS.md subsection: per arm, means over subjects and the change paired against the reference."""
     ref = table[table["arm"] == "reference"].set_index("subject")
+    code = code_version(("brainatt", "bench/ablations.py"))
     reference = (
         f"the demo's settings refitted; every arm seed {args.seed}"
         if args.seed
@@ -142,7 +143,7 @@ def section(table: pd.DataFrame, arms: list[str], args: argparse.Namespace) -> s
     lines = [
         "### Routing ablations (test images of the demo, `bench/ablations.py`)",
         "",
-        f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; code: {code_version(('brainatt',))}; "
+        f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; code: {code}; "
         f"subjects {', '.join(args.subjects)}; reference: {reference}",
         f"- NC-normalised test accuracy (voxels with NC ≥ {NC_MIN:g} %) of each arm's layer ensemble, mean over "
         "subjects, and in brackets the change\n  against the reference: mean, worst subject; r truth: mean r "
@@ -152,7 +153,7 @@ def section(table: pd.DataFrame, arms: list[str], args: argparse.Namespace) -> s
         "| arm | queries | " + " | ".join(COLUMNS) + " | r truth | epochs | s/epoch |",
         "|---|---:|" + "---:|" * (len(COLUMNS) + 3),
     ]
-    for arm in ["reference", *arms]:
+    for arm in ["reference", *args.arms]:
         rows = table[table["arm"] == arm].set_index("subject")
         cells = []
         for column in (*COLUMNS, "r_truth"):
@@ -185,7 +186,7 @@ def main() -> None:
     members = pool_map(fit_one, [(args.results, args.features, *job) for job in jobs], args.workers, describe)
     table = ensemble_rows(args.results, members)
     print(table.to_string())
-    text = section(table, args.arms, args)
+    text = section(table, args)
     report(args, DEMO_HEADING, text, "Routing ablations")
 
 
