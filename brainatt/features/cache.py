@@ -3,7 +3,9 @@
 A frozen backbone is run once over the images the subjects saw; encoders then train from the cached patch
 tokens for as many epochs, seeds and layers as they like (the reference code re-ran the backbone every epoch).
 Layout: ``nsd_ids (N,)``, ``pooled (N,D) float32``, ``tokens/<layer> (N,gh,gw,C) float16`` chunked one image
-per chunk row block, attrs ``grid``, ``layers``, ``backbone``.
+per chunk row block, attrs ``grid``, ``layers``, ``backbone`` (the spec's name), ``model_spec`` (the whole
+`ModelSpec` as JSON, its name resolved to the directory loaded when local) and ``model_fingerprint`` (a hash of the
+weights, `models.loading.weights_fingerprint`), so a saved encoder can rebuild and verify its backbone.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from brainatt.io import BrainattError, atomic_h5, read_by_nsd_id
-from brainatt.models.loading import ModelSpec, load_backbone
+from brainatt.models.loading import ModelSpec, load_backbone, resolved_spec, weights_fingerprint
 from brainatt.synth.world import images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ def extract_features(
             h.attrs["backbone"] = spec.name
             h.attrs["layers"] = list(spec.layers)
             h.attrs["grid"] = list(backbone.grid)
+            h.attrs["model_spec"] = resolved_spec(spec, kit_dir).to_json()
+            h.attrs["model_fingerprint"] = weights_fingerprint(backbone)
             datasets: dict[str | int, h5py.Dataset] = {}
             progress = tqdm(total=n, desc=f"features {spec.name}", unit="img", mininterval=5)
             for i in range(0, n, batch):
@@ -97,6 +101,8 @@ class FeatureCache:
             self.layers = [int(v) for v in f.attrs["layers"]]
             self.grid = tuple(int(v) for v in f.attrs["grid"])
             self.backbone = str(f.attrs["backbone"])
+            self.spec = ModelSpec.from_json(f.attrs["model_spec"]) if "model_spec" in f.attrs else None
+            self.fingerprint = str(f.attrs.get("model_fingerprint", ""))
 
     def _read(self, name: str, nsd_ids: np.ndarray) -> np.ndarray:
         fix = "rerun the stimuli and features rules for these subjects"

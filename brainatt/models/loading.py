@@ -9,6 +9,8 @@ safetensors or ``torch.load(weights_only=True)`` inside those loaders, and no re
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -47,6 +49,33 @@ class ModelSpec:
         if "layers" in cfg:
             cfg["layers"] = tuple(cfg["layers"])
         return cls(role=role, **cfg)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        cfg = json.loads(text)
+        return cls.from_config(cfg.pop("role"), cfg)
+
+
+def resolved_spec(spec: ModelSpec, kit_dir: str | Path | None = None) -> ModelSpec:
+    """``spec`` with a ``kit:`` name replaced by the absolute directory it resolves to (what a saved artifact records,
+    so it reloads the same model whatever kit the reader's workflow would pick)."""
+    name = resolve_kit(spec.name, kit_dir)
+    if Path(name).is_dir():
+        name = str(Path(name).resolve())
+    return dataclasses.replace(spec, name=name)
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of a module's parameters and buffers (names, shapes, dtypes and values), in key order."""
+    h = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        t = value.detach().cpu().contiguous()
+        h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def resolve_kit(name: str, kit_dir: str | Path | None = None) -> str:
