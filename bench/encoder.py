@@ -84,7 +84,7 @@ class BackboneTokens:
     def __getitem__(self, idx: Any) -> Any:
         import torch
 
-        from brainatt.synth.world import images_to_tensor
+        from brainatt.images import images_to_tensor
 
         t0 = time.perf_counter()
         rows = idx.numpy() if isinstance(idx, torch.Tensor) else idx

@@ -87,7 +87,7 @@ def cmd_kit_eval(args: argparse.Namespace) -> None:
 
 def cmd_features(args: argparse.Namespace) -> None:
     from brainatt.features.cache import extract_features
-    from brainatt.models.loading import ModelSpec
+    from brainatt.models.spec import ModelSpec
 
     spec = ModelSpec.from_config("backbone", json.loads(args.model))
     extract_features(args.stimuli, spec, args.out, batch=args.batch, kit_dir=args.kit)

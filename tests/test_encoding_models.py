@@ -18,7 +18,6 @@ import torch
 
 from brainatt.encoding.factorized import FactorizedEncoder
 from brainatt.encoding.fit import _test_maps
-from brainatt.encoding.metrics import pearson_r
 from brainatt.encoding.readout import VoxelReadout
 from brainatt.encoding.ridge import RidgeCV
 from brainatt.encoding.train import (
@@ -31,6 +30,7 @@ from brainatt.encoding.train import (
 )
 from brainatt.encoding.transformer import AttentionRoutingEncoder, attention_entropy, combine_heads, sine_positions
 from brainatt.io import BrainattError
+from brainatt.metrics import pearson_r
 
 GRID, WIDTH = (6, 6), 32
 RETINO_PATCH = (1, 4)

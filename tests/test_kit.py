@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from brainatt.images import images_to_tensor
 from brainatt.io import BrainattError
 from brainatt.models import kit as kit_module
 from brainatt.models.kit import MANIFEST, check_manifest, kit_fingerprint, kit_is_current
-from brainatt.models.loading import SHIPPED_KIT, ModelSpec, load_backbone, load_captioner, load_clip
+from brainatt.models.loading import load_backbone, load_captioner, load_clip
+from brainatt.models.spec import SHIPPED_KIT, ModelSpec
 from brainatt.synth import scenes
 from brainatt.synth.scenes import render_many, sample_scene
-from brainatt.synth.world import images_to_tensor
 
 
 def test_shipped_kit_matches_the_scene_generator() -> None:

@@ -12,7 +12,8 @@ from brainatt.io import BrainattError, file_hash
 from brainatt.models.architectures import random_model
 from brainatt.models.diffusion import build_unet, from_model_space, make_train_scheduler, sample
 from brainatt.models.kit import MANIFEST, KitConfig, check_manifest, train_kit
-from brainatt.models.loading import ModelSpec, load_clip, load_diffusion
+from brainatt.models.loading import load_clip, load_diffusion
+from brainatt.models.spec import ModelSpec
 
 
 @pytest.fixture(scope="module")

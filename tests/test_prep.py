@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from brainatt.encoding.metrics import noise_ceiling
+from brainatt.metrics import noise_ceiling
 from brainatt.nsd.layout import NSDLayout
 from brainatt.prep.responses import preprocess_subject
 from brainatt.synth.writer import write_world

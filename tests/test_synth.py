@@ -10,11 +10,12 @@ import h5py
 import numpy as np
 import torch
 
+from brainatt.images import images_to_tensor
 from brainatt.synth.anatomy import ATLASES, make_anatomy
 from brainatt.synth.brain import N_ENERGY, VisualSystem
 from brainatt.synth.detector import detector_iou, load_detector
 from brainatt.synth.scenes import CATEGORIES, CATEGORY_WORDS, caption, render, render_many, sample_scene
-from brainatt.synth.world import images_to_tensor, load_brain, world_fingerprint
+from brainatt.synth.world import load_brain, world_fingerprint
 
 
 def test_captions_name_exactly_the_categories_present() -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from brainatt.encoding.data import FAMILIES, SubjectData
-from brainatt.encoding.metrics import nc_normalized, pearson_r, r2_score
 from brainatt.io import BrainattError
+from brainatt.metrics import nc_normalized, pearson_r, r2_score
 
 NC_MIN = 5.0  # % : voxels below this ceiling are excluded from the headline NC-normalised means
 

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainatt.encoding.metrics import pearson_r
 from brainatt.encoding.transformer import attention_entropy
 from brainatt.io import BrainattError
+from brainatt.metrics import pearson_r
 
 log = logging.getLogger(__name__)
 

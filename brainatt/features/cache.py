@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from brainatt.images import images_to_tensor
 from brainatt.io import BrainattError, atomic_h5, read_by_nsd_id
-from brainatt.models.loading import ModelSpec, load_backbone, resolved_spec, weights_fingerprint
-from brainatt.synth.world import images_to_tensor
+from brainatt.models.loading import load_backbone, weights_fingerprint
+from brainatt.models.spec import ModelSpec, resolved_spec
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from brainatt import __version__
+from brainatt.images import images_to_tensor
 from brainatt.io import BrainattError, atomic_path, file_hash, write_json
-from brainatt.models.loading import SHIPPED_KIT
+from brainatt.models.spec import SHIPPED_KIT
 from brainatt.synth.scenes import caption, render_many, sample_scene, scenes_fingerprint
-from brainatt.synth.world import images_to_tensor
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -271,7 +271,8 @@ def train_captioner(
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from brainatt.models.captioner import PrefixCaptioner
-    from brainatt.models.loading import ModelSpec, load_clip
+    from brainatt.models.loading import load_clip
+    from brainatt.models.spec import ModelSpec
 
     clip = load_clip(ModelSpec(role="clip", name=str(clip_dir)))
     with torch.no_grad():
@@ -311,7 +312,8 @@ def train_diffusion(cfg: KitConfig, images: np.ndarray, captions: list[str], cli
     from diffusers import DDIMScheduler
 
     from brainatt.models.diffusion import build_unet, denoising_loss, make_train_scheduler
-    from brainatt.models.loading import ModelSpec, load_clip
+    from brainatt.models.loading import load_clip
+    from brainatt.models.spec import ModelSpec
 
     d = cfg.diffusion
     p = d.space_to_depth

@@ -25,12 +25,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from brainatt.images import images_to_tensor
 from brainatt.io import atomic_path
 from brainatt.models.kit import MANIFEST, DiffusionConfig, kit_scenes
-from brainatt.models.loading import ClipModel, ModelSpec, load_captioner, load_clip, load_diffusion
+from brainatt.models.loading import ClipModel, load_captioner, load_clip, load_diffusion
+from brainatt.models.spec import ModelSpec
 from brainatt.synth.brain import SynthBrain, VisualSystem
 from brainatt.synth.scenes import CATEGORIES, CATEGORY_WORDS, FOODS, PLACES
-from brainatt.synth.world import WorldSpec, build_world, images_to_tensor
+from brainatt.synth.world import WorldSpec, build_world
 
 EVAL_SEED = 987_654
 PROMPTS: dict[str, list[str]] = {

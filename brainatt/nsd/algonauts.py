@@ -44,8 +44,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from brainatt.encoding.metrics import noise_ceiling
 from brainatt.io import BrainattError, atomic_h5, atomic_path
+from brainatt.metrics import noise_ceiling
 
 if TYPE_CHECKING:
     from brainatt.synth.world import WorldSpec

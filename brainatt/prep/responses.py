@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from brainatt.encoding.metrics import ncsnr_from_repeats, noise_ceiling
 from brainatt.io import BrainattError, atomic_h5
+from brainatt.metrics import ncsnr_from_repeats, noise_ceiling
 from brainatt.nsd.layout import (
     NSDLayout,
     mask_voxel_ijk,

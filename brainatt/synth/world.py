@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from brainatt.images import images_to_tensor
 from brainatt.io import BrainattError, config_hash, file_hash
 from brainatt.nsd.layout import mask_voxel_ijk
 from brainatt.synth.brain import SynthBrain, VisualSystem, VoxelParams, VoxelReadout, sample_voxel_params
@@ -137,11 +138,6 @@ class World:
     captions: list[str]
     design: Design
     subjects: list[Subject] = field(default_factory=list)
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """``(N,H,W,3) uint8`` → ``(N,3,H,W)`` float in [0,1], the ground-truth brain's input."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
 
 
 @torch.no_grad()

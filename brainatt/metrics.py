@@ -1,4 +1,4 @@
-"""Encoding metrics: the one implementation every stage uses (DESIGN.md, "Metrics")."""
+"""Metrics: the one implementation every stage uses (DESIGN.md, "Metrics"): correlations, R², noise ceilings."""
 
 from __future__ import annotations
 
