@@ -124,10 +124,10 @@ def child_arm(arm: str, workdir: Path, epochs: int, threads: int) -> None:
     torch = _torch_setup(threads)
     import h5py
 
+    from brainatt.contracts.features import FeatureCache
     from brainatt.encoding.data import load_subject, validation_split
     from brainatt.encoding.fit import build_model
     from brainatt.encoding.train import TrainConfig, fit
-    from brainatt.features.cache import FeatureCache
     from brainatt.models.loading import ModelSpec, load_backbone
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -33,14 +33,14 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
 
         write_world(spec, args.out)
     else:
-        from brainatt.nsd.algonauts import write_synth_algonauts
+        from brainatt.synth.algonauts import write_synth_algonauts
 
         write_synth_algonauts(spec, args.out)
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
     if args.layout == "algonauts":
-        from brainatt.nsd.algonauts import preprocess_algonauts
+        from brainatt.prep.algonauts import preprocess_algonauts
 
         preprocess_algonauts(args.root, args.subject, args.out)
         return
@@ -55,7 +55,7 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 
 def cmd_stimuli(args: argparse.Namespace) -> None:
     if args.layout == "algonauts":
-        from brainatt.nsd.algonauts import write_algonauts_stimuli
+        from brainatt.prep.algonauts import write_algonauts_stimuli
 
         write_algonauts_stimuli(args.root, args.subjects, args.out)
         return
@@ -82,7 +82,11 @@ def cmd_kit_eval(args: argparse.Namespace) -> None:
     from brainatt.models.kit_eval import write_kit_quality
 
     check_manifest(args.kit)
-    print(write_kit_quality(args.kit, args.table, args.figure).to_string(index=False))
+    from brainatt.viz.kit import plot_kit_samples
+
+    table, samples = write_kit_quality(args.kit, args.table)
+    plot_kit_samples(samples, args.figure)
+    print(table.to_string(index=False))
 
 
 def cmd_features(args: argparse.Namespace) -> None:
@@ -104,10 +108,14 @@ def cmd_encoding_summary(args: argparse.Namespace) -> None:
     from brainatt.encoding.summary import write_encoding_summary
     from brainatt.viz.encoding import plot_accuracy_by_roi
 
-    table = write_encoding_summary(
-        args.encoding, args.subjects, args.encoders, args.table, args.routing, args.ground_truth
-    )
+    table = write_encoding_summary(args.encoding, args.subjects, args.encoders, args.table)
     plot_accuracy_by_roi(table, args.figure)
+    if args.routing:
+        if not args.ground_truth:
+            raise BrainattError("--routing scores attention against nsd-synth's truth: pass --ground-truth")
+        from brainatt.truth.routing import write_routing_table
+
+        write_routing_table(args.encoding, args.subjects, args.ground_truth, args.routing)
 
 
 def cmd_encoding_figures(args: argparse.Namespace) -> None:

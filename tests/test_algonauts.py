@@ -14,10 +14,11 @@ import pytest
 
 from brainatt.cli import main
 from brainatt.io import BrainattError
-from brainatt.nsd.algonauts import SYNTH_ATLASES, export_algonauts, preprocess_algonauts, write_algonauts_stimuli
 from brainatt.nsd.layout import NSDLayout
+from brainatt.prep.algonauts import preprocess_algonauts, write_algonauts_stimuli
 from brainatt.prep.responses import preprocess_subject
 from brainatt.prep.stimuli import write_stimuli
+from brainatt.synth.algonauts import SYNTH_ATLASES, export_algonauts
 
 SUBJECTS = ["subj01", "subj02"]
 

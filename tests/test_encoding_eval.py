@@ -13,17 +13,18 @@ import pandas as pd
 import pytest
 import yaml
 
+from brainatt.contracts.features import FeatureCache
 from brainatt.encoding.attention_maps import roi_attention, voxel_queries
 from brainatt.encoding.data import QUERY_MODES, SubjectData, assign_queries, validation_split
 from brainatt.encoding.evaluate import load_truth, summarize, voxel_scores
 from brainatt.encoding.fit import build_model, split_settings
 from brainatt.encoding.readout import VoxelReadout
-from brainatt.encoding.routing import map_variability, object_masks, routing_scores, truth_maps
-from brainatt.features.cache import FeatureCache, backbone_slug
+from brainatt.features.cache import backbone_slug
 from brainatt.io import BrainattError
 from brainatt.synth.brain import sample_voxel_params
 from brainatt.synth.scenes import CATEGORIES, render_many
 from brainatt.synth.world import WorldSpec, load_brain, visual_features, world_scenes
+from brainatt.truth.routing import map_variability, object_masks, routing_scores, truth_maps
 
 GRID = (4, 4)
 

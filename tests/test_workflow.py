@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
+from brainatt.contracts.features import FeatureCache
 from brainatt.encoding.data import load_subject
 from brainatt.encoding.fit import load_members
 from brainatt.encoding.train import predict
-from brainatt.features.cache import FeatureCache
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = {

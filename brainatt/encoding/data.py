@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from brainatt.contracts.responses import read_responses
 from brainatt.io import BrainattError
 
 REST = "rest"
@@ -40,61 +40,43 @@ class SubjectData:
     roi: np.ndarray  # (V,) ROI name
     hemi: np.ndarray  # (V,) 'lh' | 'rh'
     family: np.ndarray  # (V,) one of FAMILIES
-    ijk: np.ndarray
+    ijk: np.ndarray | None  # (V, 3) voxel indices; None for surface data
 
     @property
     def n_voxels(self) -> int:
         return self.train_y.shape[1]
 
 
-def _names(f: h5py.File, atlas: str) -> dict[int, str]:
-    out = {}
-    for item in f[f"voxels/roi_names/{atlas}"][()]:
-        code, _, name = item.decode().partition(":")
-        out[int(code)] = name
-    return out
-
-
 def load_subject(path: str | Path) -> SubjectData:
-    """Read ``responses.h5`` and assign each voxel its ROI, family and query."""
-    path = Path(path)
-    if not path.exists():
-        raise BrainattError(f"{path}: responses file missing: run the preprocess rule for this subject")
-    with h5py.File(path, "r") as f:
-        for key in ("train/betas", "test/betas", "voxels/hemi", "voxels/nc_test"):
-            if key not in f:
-                raise BrainattError(f"{path}: no '{key}': the file is not a brainatt responses.h5; rerun preprocess")
-        n_vox = f["train/betas"].shape[1]
-        roi = np.full(n_vox, REST, dtype=object)
-        family = np.full(n_vox, "other", dtype=object)
-        atlases = sorted(f["voxels/roi"], key=lambda a: (atlas_family(a) != "retinotopic", a))
-        for atlas in atlases:
-            fam = atlas_family(atlas)
-            if fam is None:
-                continue
-            codes = f[f"voxels/roi/{atlas}"][()]
-            names = _names(f, atlas)
-            free = (roi == REST) & (codes > 0)
-            for code in np.unique(codes[free]):
-                hit = free & (codes == code)
-                roi[hit] = names.get(int(code), f"{atlas}-{code}")
-                family[hit] = fam
-        hemi = f["voxels/hemi"][()].astype(str)
-        data = SubjectData(
-            path=path,
-            train_ids=f["train/nsd_ids"][()],
-            train_y=f["train/betas"][()].astype(np.float32),
-            test_ids=f["test/nsd_ids"][()],
-            test_y=f["test/betas"][()].astype(np.float32),
-            nc=f["voxels/nc_test"][()].astype(np.float64),
-            roi=roi.astype(str),
-            hemi=hemi,
-            family=family.astype(str),
-            ijk=f["voxels/ijk"][()],
-        )
-    if not len(data.test_ids):
-        raise BrainattError(f"{path}: no test images: the shared test split is empty; check the design file")
-    return data
+    """Read ``responses.h5`` (through `brainatt.contracts.responses`) and assign each voxel its ROI and family."""
+    r = read_responses(path)
+    v = r.voxels
+    roi = np.full(v.n, REST, dtype=object)
+    family = np.full(v.n, "other", dtype=object)
+    for atlas in sorted(v.rois, key=lambda a: (atlas_family(a) != "retinotopic", a)):
+        fam = atlas_family(atlas)
+        if fam is None:
+            continue
+        codes, names = v.rois[atlas], v.roi_names[atlas]
+        free = (roi == REST) & (codes > 0)
+        for code in np.unique(codes[free]):
+            hit = free & (codes == code)
+            roi[hit] = names.get(int(code), f"{atlas}-{code}")
+            family[hit] = fam
+    if not len(r.test.nsd_ids):
+        raise BrainattError(f"{r.path}: no test images: the shared test split is empty; check the design file")
+    return SubjectData(
+        path=r.path,
+        train_ids=r.train.nsd_ids,
+        train_y=r.train.betas,
+        test_ids=r.test.nsd_ids,
+        test_y=r.test.betas,
+        nc=v.nc_test,
+        roi=roi.astype(str),
+        hemi=v.hemi,
+        family=family.astype(str),
+        ijk=v.ijk,
+    )
 
 
 QUERY_MODES = ("roi", "voxel", "retinotopic-voxel", "hemisphere")

@@ -27,14 +27,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from sklearn.decomposition import PCA
 
+from brainatt.contracts.features import FeatureCache
 from brainatt.encoding.data import SubjectData, assign_queries, load_subject, validation_split
 from brainatt.encoding.evaluate import NC_MIN, load_truth, voxel_scores
 from brainatt.encoding.factorized import FactorizedEncoder
 from brainatt.encoding.ridge import RidgeCV
 from brainatt.encoding.train import TrainConfig, ensemble_predict, fit, predict
 from brainatt.encoding.transformer import AttentionRoutingEncoder, combine_heads
-from brainatt.features.cache import FeatureCache, default_device
 from brainatt.io import BrainattError, atomic_h5, atomic_path
+from brainatt.models.loading import default_device
 
 log = logging.getLogger(__name__)
 ENCODERS = ("transformer", "factorized", "ridge_pooled", "ridge_tokens")

@@ -1,4 +1,4 @@
-"""Collect every subject × encoder into ``encoding.tsv`` (and, on nsd-synth, routing-vs-truth ``routing.tsv``)."""
+"""Collect every subject × encoder into ``encoding.tsv``."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 import pandas as pd
 
 from brainatt.encoding.evaluate import summarize
-from brainatt.encoding.routing import routing_scores
 from brainatt.io import BrainattError, atomic_path
 
 log = logging.getLogger(__name__)
 
 
-def _write_tsv(table: pd.DataFrame, out: str | Path) -> None:
+def write_tsv(table: pd.DataFrame, out: str | Path) -> None:
+    """A table as every ``results/tables/*.tsv`` is written: atomically, 4 decimals."""
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
 
@@ -24,12 +24,10 @@ def write_encoding_summary(
     subjects: list[str],
     encoders: list[str],
     table: str | Path,
-    routing: str | Path | None = None,
-    ground_truth: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Per-ROI scores of every subject × encoder → ``table``; transformer routing vs truth → ``routing``."""
+    """Per-ROI scores of every subject × encoder → ``table``."""
     encoding_dir = Path(encoding_dir)
-    parts, routes = [], []
+    parts = []
     for subject in subjects:
         for encoder in encoders:
             path = encoding_dir / subject / encoder / "voxel_scores.tsv"
@@ -37,15 +35,8 @@ def write_encoding_summary(
                 raise BrainattError(f"{path}: missing: run the encode rule for {subject} / {encoder}")
             scores = pd.read_csv(path, sep="\t")
             parts.append(summarize(scores, subject, encoder))
-            attention = path.parent / "attention.h5"
-            if routing and ground_truth and attention.exists():
-                routes.append(routing_scores(attention, scores, ground_truth, subject))
     result = pd.concat(parts, ignore_index=True)
-    _write_tsv(result, table)
-    if routing:
-        if not routes:
-            raise BrainattError(f"{routing}: routing needs nsd-synth ground truth and a transformer's attention.h5")
-        _write_tsv(pd.concat(routes, ignore_index=True), routing)
+    write_tsv(result, table)
     families = result[result["roi"].str.startswith("family:")]
     log.info("NC-normalised accuracy by family:\n%s", families.pivot_table("nc_norm", "encoder", "roi").round(3))
     return result

@@ -1,11 +1,8 @@
-"""Backbone feature cache (``results/features/{backbone}.h5``).
+"""Backbone feature cache: run a frozen model once over the stimuli (``results/features/…h5``, written through
+`brainatt.contracts.features`).
 
-A frozen backbone is run once over the images the subjects saw; encoders then train from the cached patch
-tokens for as many epochs, seeds and layers as they like (the reference code re-ran the backbone every epoch).
-Layout: ``nsd_ids (N,)``, ``pooled (N,D) float32``, ``tokens/<layer> (N,gh,gw,C) float16`` chunked one image
-per chunk row block, attrs ``grid``, ``layers``, ``backbone`` (the spec's name), ``model_spec`` (the whole
-`ModelSpec` as JSON, its name resolved to the directory loaded when local) and ``model_fingerprint`` (a hash of the
-weights, `models.loading.weights_fingerprint`), so a saved encoder can rebuild and verify its backbone.
+Encoders then train from the cached patch tokens for as many epochs, seeds and layers as they like (the reference
+code re-ran the backbone every epoch).
 """
 
 from __future__ import annotations
@@ -16,15 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import h5py
-import numpy as np
 import torch
 from tqdm import tqdm
 
+from brainatt.contracts.features import features_writer
+from brainatt.contracts.stimuli import Stimuli
 from brainatt.images import images_to_tensor
-from brainatt.io import BrainattError, atomic_h5, read_by_nsd_id
-from brainatt.models.loading import load_backbone, weights_fingerprint
-from brainatt.models.spec import ModelSpec, resolved_spec
+from brainatt.models.loading import default_device, load_backbone, weights_fingerprint
+from brainatt.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +28,6 @@ log = logging.getLogger(__name__)
 def backbone_slug(name: str) -> str:
     """A file-name-safe backbone name: ``kit:clip`` → ``kit-clip``, ``org/model`` → ``org-model``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @torch.no_grad()
@@ -50,70 +42,19 @@ def extract_features(
 ) -> Path:
     """Run the backbone over every image in ``stimuli`` (images.h5) and write the feature cache to ``out``."""
     device = device or default_device()
+    source = Stimuli(stimuli)
     backbone = load_backbone(spec, device=device, kit_dir=kit_dir)
-    with h5py.File(stimuli, "r") as f:
-        if "images" not in f or "nsd_ids" not in f:
-            raise BrainattError(f"{stimuli}: no 'images'/'nsd_ids' datasets: rerun the stimuli rule")
-        nsd_ids = f["nsd_ids"][()]
-        images = f["images"]
-        n = len(nsd_ids)
-        t0 = time.time()
-        with atomic_h5(out, config or {"backbone": spec.__dict__}, "tokens: backbone activations") as h:
-            h["nsd_ids"] = nsd_ids
-            h.attrs["backbone"] = spec.name
-            h.attrs["layers"] = list(spec.layers)
-            h.attrs["grid"] = list(backbone.grid)
-            h.attrs["model_spec"] = resolved_spec(spec, kit_dir).to_json()
-            h.attrs["model_fingerprint"] = weights_fingerprint(backbone)
-            datasets: dict[str | int, h5py.Dataset] = {}
-            progress = tqdm(total=n, desc=f"features {spec.name}", unit="img", mininterval=5)
-            for i in range(0, n, batch):
-                x = images_to_tensor(images[i : i + batch]).to(device)
-                feats = backbone(x)
-                if not datasets:
-                    datasets = _create(h, feats, n)
-                for key, ds in datasets.items():
-                    ds[i : i + len(x)] = feats[key].float().cpu().numpy()
-                progress.update(len(x))
-            progress.close()
-        log.info("cached %s features of %d images in %.1f s → %s", spec.name, n, time.time() - t0, out)
+    t0 = time.time()
+    config = config or {"backbone": spec.__dict__}
+    fingerprint = weights_fingerprint(backbone)
+    with features_writer(out, config, source.nsd_ids, spec, backbone.grid, fingerprint, kit_dir) as w:
+        progress = tqdm(total=len(source), desc=f"features {spec.name}", unit="img", mininterval=5)
+        start = 0
+        for _, images in source.batches(batch):
+            feats = backbone(images_to_tensor(images).to(device))
+            w.write(start, {key: value.float().cpu().numpy() for key, value in feats.items()})
+            start += len(images)
+            progress.update(len(images))
+        progress.close()
+    log.info("cached %s features of %d images in %.1f s → %s", spec.name, len(source), time.time() - t0, out)
     return Path(out)
-
-
-def _create(h: h5py.File, feats: dict[str | int, torch.Tensor], n: int) -> dict[str | int, h5py.Dataset]:
-    datasets: dict[str | int, h5py.Dataset] = {}
-    for key, value in feats.items():
-        if key == "pooled":
-            datasets[key] = h.create_dataset("pooled", (n, value.shape[1]), dtype=np.float32)
-        else:
-            shape = (n, *value.shape[1:])
-            datasets[key] = h.create_dataset(f"tokens/{key}", shape, dtype=np.float16, chunks=(1, *shape[1:]))
-    return datasets
-
-
-class FeatureCache:
-    """Read access to a feature cache: tokens and pooled embeddings of given nsd ids, in the order asked."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.exists():
-            raise BrainattError(f"{self.path}: feature cache missing: run the features rule")
-        with h5py.File(self.path, "r") as f:
-            self.layers = [int(v) for v in f.attrs["layers"]]
-            self.grid = tuple(int(v) for v in f.attrs["grid"])
-            self.backbone = str(f.attrs["backbone"])
-            self.spec = ModelSpec.from_json(f.attrs["model_spec"]) if "model_spec" in f.attrs else None
-            self.fingerprint = str(f.attrs.get("model_fingerprint", ""))
-
-    def _read(self, name: str, nsd_ids: np.ndarray) -> np.ndarray:
-        fix = "rerun the stimuli and features rules for these subjects"
-        return read_by_nsd_id(self.path, name, nsd_ids, "the feature cache", fix)
-
-    def tokens(self, layer: int, nsd_ids: np.ndarray) -> np.ndarray:
-        """``(N, gh, gw, C) float16`` patch tokens of one cached layer."""
-        if layer not in self.layers:
-            raise BrainattError(f"{self.path}: layer {layer} not cached (cached: {self.layers}): rerun features")
-        return self._read(f"tokens/{layer}", nsd_ids)
-
-    def pooled(self, nsd_ids: np.ndarray) -> np.ndarray:
-        return self._read("pooled", nsd_ids)

@@ -24,6 +24,11 @@ from brainatt.models.spec import ModelSpec, resolve_kit
 T = TypeVar("T")
 
 
+def default_device() -> str:
+    """Where models run: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def weights_fingerprint(module: torch.nn.Module) -> str:
     """A short hash of a module's parameters and buffers (names, shapes, dtypes and values), in key order."""
     h = hashlib.sha256()

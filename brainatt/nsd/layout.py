@@ -10,10 +10,12 @@ Conventions owned here, once:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,8 @@ import pandas as pd
 import scipy.io
 
 from brainatt.io import BrainattError
+
+NSD_STIMULI = "nsd_stimuli.hdf5"  # the image brick's file name
 
 BETA_SCALE = 300.0
 SLAB_BYTES = 256 << 20  # z-slab size when streaming HDF5 betas
@@ -81,7 +85,7 @@ class NSDLayout:
 
     @property
     def stimuli(self) -> Path:
-        return self.root / "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5"
+        return self.root / "nsddata_stimuli/stimuli/nsd" / NSD_STIMULI
 
     @property
     def coco_annotations(self) -> Path:
@@ -229,6 +233,22 @@ def session_trial_count(path: Path) -> int:
         with _open_h5(path) as f:
             return int(_betas_dataset(f, path).shape[0])
     return int(_load_volume(path, "betas").shape[-1])
+
+
+@contextlib.contextmanager
+def open_image_brick(path: Path) -> Iterator[h5py.Dataset]:
+    """NSD's ``nsd_stimuli.hdf5``: its ``imgBrick (73000, 425, 425, 3) uint8``, checked, open for the block."""
+    if not path.exists():
+        raise BrainattError(f"{path}: stimulus file not found: download nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise BrainattError(f"{path}: not a readable HDF5 file ({e}): re-download it") from None
+    with f:
+        brick = f.get("imgBrick")
+        if brick is None or brick.ndim != 4 or brick.shape[-1] != 3 or brick.dtype != np.uint8:
+            raise BrainattError(f"{path}: expected dataset imgBrick (N,H,W,3) uint8: re-download nsd_stimuli.hdf5")
+        yield brick
 
 
 def _open_h5(path: Path) -> h5py.File:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from brainatt.io import BrainattError, atomic_h5
+from brainatt.contracts.responses import Voxels, responses_writer
+from brainatt.io import BrainattError
 from brainatt.metrics import ncsnr_from_repeats, noise_ceiling
 from brainatt.nsd.layout import (
     NSDLayout,
@@ -173,10 +174,9 @@ def preprocess_subject(
     )
 
     cfg = config or {"subject": subject, "mask": mask_spec}
-    with atomic_h5(out, cfg, "betas: z-scored % signal change (per voxel, per session); nc_test: %") as f:
-        trials = f.create_dataset(
-            "trials/betas", (n_trials, n_vox), np.float16, chunks=(min(per_session, 256), min(n_vox, 1024))
-        )
+    units = "betas: z-scored % signal change (per voxel, per session); nc_test: %"
+    with responses_writer(out, subject, cfg, units) as w:
+        trials = w.trials(n_trials, n_vox, chunk_rows=min(per_session, 256))
         for k, path in enumerate(tqdm(sessions, desc=f"{subject} sessions")):
             try:
                 betas = read_session(path, sel.mask)
@@ -198,15 +198,12 @@ def preprocess_subject(
                 r = rows[lo + t]
                 sums[r] += z[t]
                 sumsq[r] += z[t] ** 2
-        f["trials/nsd_ids"] = trial_ids
-        f["trials/session"] = np.repeat(np.arange(1, len(sessions) + 1), per_session)
+        w.trial_index(trial_ids, np.repeat(np.arange(1, len(sessions) + 1), per_session))
 
         mean = sums / np.maximum(n_reps, 1).astype(np.float32)[:, None]
         n_train = len(train_ids)
         for split, sl in (("train", slice(0, n_train)), ("test", slice(n_train, None))):
-            f[f"{split}/betas"] = mean[sl]
-            f[f"{split}/nsd_ids"] = image_ids[sl]
-            f[f"{split}/n_reps"] = n_reps[sl]
+            w.split(split, image_ids[sl], n_reps[sl], mean[sl])
 
         estimated = ncsnr_from_repeats(sums, sumsq, n_reps)
         ncsnr_path = layout.ncsnr(subject)
@@ -220,19 +217,20 @@ def preprocess_subject(
             ncsnr, source = np.nan_to_num(vol[tuple(sel.ijk.T)].astype(np.float64)), "file"
         else:
             ncsnr, source = estimated, "repeats"
-        v = f.create_group("voxels")
-        v["ijk"] = sel.ijk
-        v["affine"] = sel.affine
-        v["hemi"] = sel.hemi.astype("S2")
-        v["mask_shape"] = np.array(sel.mask.shape)
-        for a in atlases:
-            v[f"roi/{a}"] = sel.rois[a]
-            names = sel.roi_names[a]
-            v[f"roi_names/{a}"] = np.array([f"{k}:{n}" for k, n in sorted(names.items())], dtype="S")
-        v["ncsnr"] = ncsnr.astype(np.float32)
-        v["ncsnr"].attrs["source"] = source
-        v["ncsnr_estimated"] = estimated.astype(np.float32)
-        v["nc_test"] = noise_ceiling(ncsnr, n_reps[n_train:]).astype(np.float32) if len(test_ids) else np.zeros(n_vox)
-        f.attrs["subject"] = subject
+        nc_test = noise_ceiling(ncsnr, n_reps[n_train:]) if len(test_ids) else np.zeros(n_vox)
+        w.voxels(
+            Voxels(
+                hemi=sel.hemi,
+                rois=sel.rois,
+                roi_names=sel.roi_names,
+                ncsnr=ncsnr,
+                nc_test=nc_test,
+                ijk=sel.ijk,
+                affine=sel.affine,
+                mask_shape=sel.mask.shape,
+                ncsnr_estimated=estimated,
+                sources={"ncsnr": source},
+            )
+        )
     log.info("%s: wrote %s in %.1f s", subject, out, time.time() - t0)
     return Path(out)

@@ -7,7 +7,6 @@ subject and encoder, the transformer's ``attention.h5``, ``results/tables/encodi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,9 +22,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import ndimage
 
+from brainatt.contracts.responses import read_responses
+from brainatt.contracts.stimuli import Stimuli
 from brainatt.encoding.attention_maps import roi_attention, roi_voxels, voxel_labels, voxel_queries
 from brainatt.encoding.evaluate import NC_MIN, load_test_predictions
-from brainatt.io import BrainattError, atomic_path, read_by_nsd_id
+from brainatt.io import BrainattError, atomic_path
 
 FAMILY_ORDER = ("retinotopic", "category", "other")
 FAMILY_COLORS = {"retinotopic": "#2c7bb6", "category": "#d7191c", "other": "#9e9e9e"}
@@ -167,20 +168,21 @@ def plot_accuracy_by_roi(table: pd.DataFrame, out: str | Path, value: str = "nc_
 def read_voxels(responses_h5: str | Path) -> dict:
     """Voxel coordinates, hemispheres and noise ceilings of a ``responses.h5``: ijk, affine, mask_shape, nc, hemi,
     config (the preprocessing config, naming the NSD tree)."""
-    with h5py.File(responses_h5, "r") as f:
-        if "voxels/ijk" not in f:
-            raise BrainattError(
-                f"{responses_h5}: no voxels/ijk (surface data such as Algonauts): brain maps need volume data; "
-                "leave the brain-map figure out for this dataset"
-            )
-        return {
-            "ijk": f["voxels/ijk"][()].astype(np.int64),
-            "affine": f["voxels/affine"][()].astype(np.float64),
-            "mask_shape": tuple(int(n) for n in f["voxels/mask_shape"][()]),
-            "nc": f["voxels/nc_test"][()].astype(np.float64),
-            "hemi": f["voxels/hemi"][()].astype(str),
-            "config": json.loads(f.attrs.get("config", "{}")),
-        }
+    r = read_responses(responses_h5, betas=False)
+    v = r.voxels
+    if not v.has_volume:
+        raise BrainattError(
+            f"{responses_h5}: no voxels/ijk (surface data such as Algonauts): brain maps need volume data; "
+            "leave the brain-map figure out for this dataset"
+        )
+    return {
+        "ijk": v.ijk,
+        "affine": v.affine,
+        "mask_shape": v.mask_shape,
+        "nc": v.nc_test,
+        "hemi": v.hemi,
+        "config": r.config,
+    }
 
 
 def voxel_image(values: np.ndarray, ijk: np.ndarray, affine: np.ndarray, shape: Sequence[int]) -> nib.Nifti1Image:
@@ -345,7 +347,7 @@ def top_images(pred: np.ndarray, nsd_ids: np.ndarray, voxels: np.ndarray, n_top:
 
 
 def _read_images(stimuli_h5: str | Path, nsd_ids: np.ndarray) -> np.ndarray:
-    return read_by_nsd_id(stimuli_h5, "images", nsd_ids, "the stimuli file", "re-run the stimuli rule")
+    return Stimuli(stimuli_h5).images(nsd_ids)
 
 
 def upsample(att: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -578,9 +580,7 @@ def make_encoding_figures(
     sub_dir = out_dir / subject
     needed = [*encoders, *pair, *([attention_encoder] if attention_encoder else [])]
     scores = {e: _read_scores(enc_dir / e / "voxel_scores.tsv") for e in dict.fromkeys(needed)}
-    with h5py.File(responses_h5, "r") as f:
-        has_volume = "voxels/ijk" in f
-    if has_volume:
+    if read_responses(responses_h5, betas=False).voxels.has_volume:
         written["brain_maps"] = plot_brain_maps(
             {e: scores[e] for e in encoders}, responses_h5, sub_dir / FIGURES["brain_maps"], background
         )

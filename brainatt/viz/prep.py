@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import matplotlib
 
 matplotlib.use("Agg")
@@ -12,29 +11,29 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from brainatt.contracts.responses import read_responses
 from brainatt.io import atomic_path
 
 
 def prep_summary(responses: list[str | Path], table: str | Path, figure: str | Path) -> pd.DataFrame:
     rows, ncs = [], {}
     for path in responses:
-        with h5py.File(path, "r") as f:
-            subject = str(f.attrs["subject"])
-            nc = f["voxels/nc_test"][()]
-            ncs[subject] = nc
-            rows.append(
-                {
-                    "subject": subject,
-                    "n_voxels": nc.size,
-                    "n_train": len(f["train/nsd_ids"]),
-                    "n_test": len(f["test/nsd_ids"]),
-                    "n_trials": len(f["trials/nsd_ids"]),
-                    "n_sessions": len(np.unique(f["trials/session"][()])),  # 0 for Algonauts (no single trials)
-                    "median_ncsnr": float(np.nanmedian(f["voxels/ncsnr"][()])),  # NaN where ncsnr is unknown
-                    "median_nc_test_pct": float(np.nanmedian(nc)),
-                    "frac_nc_ge_5pct": float(np.mean(nc >= 5)),
-                }
-            )
+        r = read_responses(path, betas=False)
+        nc = r.voxels.nc_test
+        ncs[r.subject] = nc
+        rows.append(
+            {
+                "subject": r.subject,
+                "n_voxels": nc.size,
+                "n_train": len(r.train.nsd_ids),
+                "n_test": len(r.test.nsd_ids),
+                "n_trials": len(r.trial_session),
+                "n_sessions": len(np.unique(r.trial_session)),  # 0 for Algonauts (no single trials)
+                "median_ncsnr": float(np.nanmedian(r.voxels.ncsnr)),  # NaN where ncsnr is unknown
+                "median_nc_test_pct": float(np.nanmedian(nc)),
+                "frac_nc_ge_5pct": float(np.mean(nc >= 5)),
+            }
+        )
     df = pd.DataFrame(rows)
     with atomic_path(table) as tmp:
         df.to_csv(tmp, sep="\t", index=False, float_format="%.4g")

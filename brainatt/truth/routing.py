@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from brainatt.encoding.attention_maps import roi_attention, roi_voxels, voxel_labels, voxel_queries
+from brainatt.encoding.summary import write_tsv
 from brainatt.io import BrainattError
 from brainatt.synth.brain import VisualSystem, VoxelReadout
 from brainatt.synth.scenes import CATEGORIES, OBJECT_CATEGORIES, render
@@ -245,3 +246,24 @@ def routing_scores(
                 row["distance_head_mean"] = float(np.hypot(hx - tx, hy - ty))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def write_routing_table(
+    encoding_dir: str | Path,
+    subjects: list[str],
+    ground_truth: str | Path,
+    out: str | Path,
+    encoder: str = "transformer",
+) -> pd.DataFrame:
+    """`routing_scores` of ``encoder``'s attention for every subject → ``out`` (``routing.tsv``)."""
+    rows = []
+    for subject in subjects:
+        folder = Path(encoding_dir) / subject / encoder
+        for name in ("attention.h5", "voxel_scores.tsv"):
+            if not (folder / name).exists():
+                raise BrainattError(f"{folder / name}: missing: routing needs the {encoder} encoder of {subject}")
+        scores = pd.read_csv(folder / "voxel_scores.tsv", sep="\t")
+        rows.append(routing_scores(folder / "attention.h5", scores, ground_truth, subject))
+    table = pd.concat(rows, ignore_index=True)
+    write_tsv(table, out)
+    return table
