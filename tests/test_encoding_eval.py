@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from brainatt.contracts.features import FeatureCache
+from brainatt.contracts.features import FeatureCache, features_writer
 from brainatt.encoding.attention_maps import roi_attention, voxel_queries
 from brainatt.encoding.data import QUERY_MODES, SubjectData, assign_queries, validation_split
 from brainatt.encoding.evaluate import load_truth, summarize, voxel_scores
@@ -21,6 +21,7 @@ from brainatt.encoding.fit import build_model, split_settings
 from brainatt.encoding.readout import VoxelReadout
 from brainatt.features.cache import backbone_slug
 from brainatt.io import BrainattError
+from brainatt.models.spec import ModelSpec
 from brainatt.synth.brain import sample_voxel_params
 from brainatt.synth.scenes import CATEGORIES, render_many
 from brainatt.synth.world import WorldSpec, load_brain, visual_features, world_scenes
@@ -344,12 +345,17 @@ def test_routing_refuses_scenes_the_generator_did_not_make(tmp_path: Path) -> No
 def test_feature_cache_returns_rows_in_the_order_asked(tmp_path: Path) -> None:
     path = tmp_path / "feats.h5"
     ids = np.array([7, 3, 11, 5])
-    with h5py.File(path, "w") as f:
-        f["nsd_ids"] = ids
-        f["pooled"] = np.arange(4, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
-        f["tokens/-1"] = np.arange(4, dtype=np.float16)[:, None, None, None] * np.ones((1, 2, 2, 3), np.float16)
-        f.attrs.update(layers=[-1], grid=[2, 2], backbone="kit:clip")
+    spec = ModelSpec("backbone", "some/model", layers=(-1,))
+    with features_writer(path, {}, ids, spec, (2, 2), "0123") as w:
+        w.write(
+            0,
+            {
+                "pooled": np.arange(4)[:, None] * np.ones((1, 3)),
+                -1: np.arange(4)[:, None, None, None] * np.ones((1, 2, 2, 3)),
+            },
+        )
     cache = FeatureCache(path)
+    assert cache.spec == spec and cache.fingerprint == "0123"
     assert cache.grid == (2, 2) and cache.layers == [-1]
     np.testing.assert_array_equal(cache.pooled(np.array([11, 7, 11]))[:, 0], [2, 0, 2])
     np.testing.assert_array_equal(cache.tokens(-1, np.array([5, 3]))[:, 0, 0, 0], [3, 1])

@@ -13,6 +13,8 @@ import pytest
 from matplotlib.image import AxesImage
 from PIL import Image
 
+from brainatt.contracts.responses import Voxels, responses_writer
+from brainatt.contracts.stimuli import stimuli_writer
 from brainatt.io import BrainattError
 from brainatt.viz.encoding import (
     FIGURES,
@@ -69,23 +71,29 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     nc = rng.uniform(1, 60, v)
     test_ids = np.arange(100, 112)
     responses = d / "responses.h5"
-    with h5py.File(responses, "w") as f:
-        f["voxels/ijk"] = ijk
-        f["voxels/affine"] = AFFINE
-        f["voxels/mask_shape"] = np.array(SHAPE)
-        f["voxels/hemi"] = hemi.astype("S2")
-        f["voxels/nc_test"] = nc.astype(np.float32)
-        f["voxels/roi/prf-visualrois"] = (roi == "V1v").astype(np.int16)
-        f["voxels/roi_names/prf-visualrois"] = np.array([b"1:V1v"])
-        f["test/nsd_ids"] = test_ids
-        f["test/betas"] = rng.normal(size=(len(test_ids), v)).astype(np.float32)
-        f.attrs["subject"] = "subj01"
-    stim_ids = rng.permutation(np.arange(90, 130))  # a superset of the test images, not sorted
+    with responses_writer(responses, "subj01", {}, "z") as w:
+        w.split("test", test_ids, np.full(len(test_ids), 3), rng.normal(size=(len(test_ids), v)))
+        w.split("train", np.arange(10), np.ones(10), rng.normal(size=(10, v)))
+        w.trials(0, v)
+        w.trial_index(np.zeros(0), np.zeros(0))
+        rois = {"prf-visualrois": (roi == "V1v").astype(np.int16)}
+        w.voxels(
+            Voxels(
+                hemi=hemi,
+                rois=rois,
+                roi_names={"prf-visualrois": {1: "V1v"}},
+                ncsnr=np.ones(v),
+                nc_test=nc,
+                ijk=ijk,
+                affine=AFFINE,
+                mask_shape=SHAPE,
+            )
+        )
+    stim_ids = np.arange(90, 130)  # a superset of the test images
     stimuli = d / "images.h5"
-    with h5py.File(stimuli, "w") as f:
-        f["nsd_ids"] = stim_ids
-        f["images"] = rng.integers(0, 256, (len(stim_ids), 16, 16, 3), dtype=np.uint8)
-        f["captions"] = np.array([[b"a scene"]] * len(stim_ids), dtype=object)
+    with stimuli_writer(stimuli, {}, stim_ids, (16, 16, 3)) as w:
+        w.images[:] = rng.integers(0, 256, (len(stim_ids), 16, 16, 3), dtype=np.uint8)
+        w.captions([["a scene"]] * len(stim_ids))
     scores = {}
     for k, enc in enumerate(ENCODERS):
         r = np.clip(np.sqrt(nc / 100) * (0.6 + 0.2 * k) + rng.normal(0, 0.05, v), -1, 1)
