@@ -7,8 +7,6 @@ import os
 import platform
 import re
 import subprocess
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -70,48 +68,3 @@ def report(args: argparse.Namespace, heading: str, text: str, subsection: str | 
     print(text)
     if not args.no_record:
         record(heading, text, subsection)
-
-
-SUBJECTS = ("subj01", "subj02", "subj03", "subj04")
-DEMO_HEADING = "## encoding accuracy on the nsd-synth demo"  # the section of the benches that reread a demo
-
-
-def demo_arguments(doc: str, subjects: tuple[str, ...] = SUBJECTS) -> argparse.ArgumentParser:
-    """The options of a bench that rereads a finished ``make demo``: its folder, feature cache, subjects, and
-    ``--no-record``; the bench adds its own."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", type=Path, default=Path("results"), help="a finished demo's results folder")
-    p.add_argument("--features", default="kit-clip.h5", help="feature cache under RESULTS/features")
-    p.add_argument("--subjects", nargs="+", default=list(subjects))
-    p.add_argument("--no-record", action="store_true", help="print the table only; leave RESULTS.md alone")
-    return p
-
-
-def parse_arm(arm: str) -> dict:
-    """``"maps=voxel,lr=0.005"`` → ``{"maps": "voxel", "lr": 0.005}``: numbers and ``true``/``false`` parsed, the
-    rest kept as text."""
-    settings = {}
-    for item in arm.split(","):
-        key, value = item.split("=")
-        if value in ("true", "false"):
-            settings[key] = value == "true"
-            continue
-        try:
-            settings[key] = int(value)
-        except ValueError:
-            try:
-                settings[key] = float(value)
-            except ValueError:
-                settings[key] = value
-    return settings
-
-
-def pool_map(fn: Callable, jobs: Sequence[tuple], workers: int, describe: Callable = repr) -> list:
-    """``fn(*job)`` for every job in ``workers`` processes; results in job order, each printed as it is collected."""
-    with ProcessPoolExecutor(workers) as pool:
-        futures = [pool.submit(fn, *job) for job in jobs]
-        results = []
-        for done, future in enumerate(futures, 1):
-            results.append(future.result())
-            print(f"[{done}/{len(jobs)}] {describe(results[-1])}", flush=True)
-    return results

@@ -310,7 +310,7 @@ def subject_section(args: argparse.Namespace) -> str:
         f"32, AdamW lr 2e-3, clip 0.1), {args.epochs} epoch(s), seed 0 in both arms; device {info['device']}",
         "s/epoch: one epoch of `brainatt.encoding.train.fit` (training steps + validation predictions), from its "
         "history; backbone s/epoch: the part spent running the backbone; × cached: median s/epoch / cached median",
-        f"**ratio backbone / cached: {ratio:.1f}×** (the issue's target, ≥ {TARGET_RATIO:.0f}× at equal accuracy, is "
+        f"**ratio backbone / cached: {ratio:.1f}×** (the target, ≥ {TARGET_RATIO:.0f}× at equal accuracy, is "
         f"stated for DINOv2-base tokens on a GPU; the kit backbone has {cache['params'] / 1e6:.1f} M parameters and "
         f"sees {cache['image_size'][0]} px images, so here it is a small part of a step and the ratio says little "
         "about that target: see the gpu-size table)",
@@ -332,7 +332,7 @@ def gpu_section(args: argparse.Namespace) -> str:
     hist = res["history"]
     s = [h["s"] for h in hist]
     steps = -(-args.n // args.batch)
-    label = "GPU" if res["device"] == "cuda" else "CPU: the issue's GPU s/epoch is still to be measured on a GPU"
+    label = "GPU" if res["device"] == "cuda" else "CPU: the GPU s/epoch is not measured yet"
     cached_step = (statistics.median(s) - res["val_s"]) / steps
     lines = [
         "| device | images | epochs s (train + val) | validation s | s/epoch train only (median) | s/step | × cached |",

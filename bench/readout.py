@@ -119,7 +119,7 @@ def main() -> None:
         rows += compare("VoxelReadout, a query per voxel", f"{size}, D {width}", readout_arms, readout, args)
     text = "\n".join(
         [
-            HEADING + ": per-voxel readouts, new formula vs the one it replaced",
+            HEADING + ": per-voxel readouts, each formula against the gather-multiply-sum one",
             "",
             f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; code: {code_version(TIMED_CODE)}",
             f"- machine: {machine(f'torch {torch.__version__}')}; 1 thread",
