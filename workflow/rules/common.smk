@@ -2,7 +2,7 @@ import json
 
 from brainatt.features.cache import backbone_slug
 from brainatt.models.kit import kit_in_use
-from brainatt.models.loading import SHIPPED_KIT
+from brainatt.models.spec import SHIPPED_KIT
 
 DATASET = config["dataset"]
 SUBJECTS = DATASET["subjects"]
