@@ -125,7 +125,7 @@ def child_arm(arm: str, workdir: Path, epochs: int, threads: int) -> None:
     import h5py
 
     from brainatt.encoding.data import load_subject, validation_split
-    from brainatt.encoding.fit import build_model
+    from brainatt.encoding.encoders import build_model
     from brainatt.encoding.train import TrainConfig, fit
     from brainatt.features.cache import FeatureCache
     from brainatt.models.loading import ModelSpec, load_backbone

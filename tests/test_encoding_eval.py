@@ -15,8 +15,8 @@ import yaml
 
 from brainatt.encoding.attention_maps import roi_attention, voxel_queries
 from brainatt.encoding.data import QUERY_MODES, SubjectData, assign_queries, validation_split
+from brainatt.encoding.encoders import build_model, split_settings
 from brainatt.encoding.evaluate import load_truth, summarize, voxel_scores
-from brainatt.encoding.fit import build_model, split_settings
 from brainatt.encoding.readout import VoxelReadout
 from brainatt.encoding.routing import map_variability, object_masks, routing_scores, truth_maps
 from brainatt.features.cache import FeatureCache, backbone_slug
