@@ -1,0 +1,139 @@
+"""Fitted encoders as saved folders, on a tiny nsd-synth world with the shipped kit's CLIP as backbone: each of the
+four reloads from its folder alone, predicts its written test predictions from cached features, and runs from
+images through the live backbone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from brainatt.encoding.encoders import ENCODERS, EncodingConfig, load_encoder, load_image_encoder
+from brainatt.encoding.fit import fit_encoder
+from brainatt.features.cache import FeatureCache, extract_features
+from brainatt.io import BrainattError, read_by_nsd_id
+from brainatt.models.loading import ModelSpec
+from brainatt.nsd.layout import NSDLayout
+from brainatt.prep.responses import preprocess_subject
+from brainatt.prep.stimuli import write_stimuli
+from brainatt.synth.world import images_to_tensor
+
+ATLASES = ["prf-visualrois", "floc-faces", "nsdgeneral"]
+CFG = EncodingConfig(
+    transformer={"epochs": 2, "heads": 4, "ff": 32},
+    factorized={"epochs": 2},
+    ridge={"folds": 3, "pca": 8, "n_alphas": 5},
+)
+# Live tokens are float32, cached ones float16 (11 significant bits: relative rounding ≤ 2⁻¹¹ ≈ 5e-4 of each
+# token value, tokens being layer-normalised, O(1)). The readouts sum many tokens, so the rounding errors partly
+# cancel: the largest seen is 2e-4 on predictions of SD ≈ 0.3. LIVE_ATOL leaves 5× room.
+LIVE_ATOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def world(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """subj01's responses, the images, a two-layer feature cache and a folder per fitted encoder."""
+    d = tmp_path_factory.mktemp("artifacts")
+    layout = NSDLayout(tiny_world)
+    responses = preprocess_subject(layout, "subj01", d / "responses.h5", ["nsdgeneral"], ATLASES)
+    images = write_stimuli(layout, ["subj01"], d / "images.h5")
+    spec = ModelSpec(role="backbone", name="kit:clip", layers=(-1, -2))
+    features = extract_features(images, spec, d / "features.h5", device="cpu")
+    paths = {"responses": responses, "images": images, "features": features}
+    for name in ENCODERS:
+        paths[name] = fit_encoder(responses, features, name, CFG, d / "encoding" / name, device="cpu")
+    return paths
+
+
+def _written(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    with h5py.File(folder / "test_pred.h5") as f:
+        return f["nsd_ids"][()], f["pred"][()]
+
+
+def _images(world: dict[str, Path], nsd_ids: np.ndarray) -> torch.Tensor:
+    images = read_by_nsd_id(world["images"], "images", nsd_ids, "the stimuli", "rerun the stimuli rule")
+    return images_to_tensor(images)
+
+
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_saved_encoder_predicts_its_test_predictions_from_cached_features(world: dict[str, Path], name: str) -> None:
+    folder = world[name]
+    encoder = load_encoder(folder)
+    assert type(encoder) is ENCODERS[name] and encoder.n_voxels_ == _written(folder)[1].shape[1]
+    ids, written = _written(folder)
+    np.testing.assert_allclose(encoder.predict(FeatureCache(world["features"]), ids), written, rtol=0, atol=1e-5)
+    info = json.loads((folder / "model.json").read_text())
+    assert info["backbone"]["name"] == "kit:clip" and info["backbone"]["fingerprint"]
+    assert Path(info["backbone"]["spec"]["name"]).is_dir()  # the kit name resolved to its directory
+    state = load_file(folder / "model.safetensors")
+    if name == "ridge_tokens":
+        assert info["layers"] == [-1, -2]
+        for layer in (-1, -2):
+            assert state[f"layer{layer}.pca_components"].shape == (8, 8 * 8 * 128)
+            assert state[f"layer{layer}.pca_mean"].dtype == torch.float32
+    if name in ("transformer", "factorized"):
+        assert [m["layer"] for m in info["members"]] == [-1, -2]
+        assert state["ensemble_weights"].shape == (2, info["n_voxels"])
+        assert state["voxel_query"].shape == (info["n_voxels"],)
+
+
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_image_encoder_reproduces_test_predictions_from_pixels(world: dict[str, Path], name: str) -> None:
+    ids, written = _written(world[name])
+    module = load_image_encoder(world[name])
+    x = _images(world, ids)
+    with torch.no_grad():
+        features = module.backbone(x)
+        np.testing.assert_allclose(module(x).numpy(), written, rtol=0, atol=LIVE_ATOL)
+        # Rounded as the cache rounds them, live tokens give the cached path's predictions up to float32 noise.
+        rounded = {k: v if k == "pooled" else v.half() for k, v in features.items()}
+        np.testing.assert_allclose(module.head(rounded).numpy(), written, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_image_encoder_is_differentiable_in_the_pixels(world: dict[str, Path], name: str) -> None:
+    module = load_image_encoder(world[name])
+    x = _images(world, _written(world[name])[0][:2]).requires_grad_(True)
+    module(x)[:, :5].sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def _copy(folder: Path, tmp_path: Path, edit) -> Path:
+    out = tmp_path / folder.name
+    shutil.copytree(folder, out)
+    info = json.loads((out / "model.json").read_text())
+    edit(info)
+    (out / "model.json").write_text(json.dumps(info))
+    return out
+
+
+def test_a_backbone_with_other_weights_is_refused(world: dict[str, Path], tmp_path: Path) -> None:
+    folder = _copy(world["ridge_pooled"], tmp_path, lambda info: info["backbone"].update(fingerprint="0" * 16))
+    with pytest.raises(BrainattError, match="rerun the features and encode rules") as err:
+        load_image_encoder(folder)
+    assert str(folder) in str(err.value)
+
+
+def test_a_moved_backbone_directory_falls_back_to_the_configured_name(world: dict[str, Path], tmp_path: Path) -> None:
+    folder = _copy(world["ridge_pooled"], tmp_path, lambda info: info["backbone"]["spec"].update(name="/gone/clip"))
+    ids, written = _written(folder)
+    with torch.no_grad():
+        live = load_image_encoder(folder)(_images(world, ids)).numpy()
+    np.testing.assert_allclose(live, written, rtol=0, atol=LIVE_ATOL)
+
+
+def test_folders_without_a_self_contained_model_are_refused(world: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(BrainattError, match="no fitted encoder here"):
+        load_encoder(tmp_path)
+    folder = _copy(world["factorized"], tmp_path, lambda info: info.pop("format"))
+    with pytest.raises(BrainattError, match="rerun the encode rule"):
+        load_encoder(folder)
+    folder = _copy(world["factorized"], tmp_path / "other", lambda info: info.update(encoder="ridge_pooled"))
+    with pytest.raises(BrainattError, match="not 'transformer'"):
+        ENCODERS["transformer"].load(folder)
