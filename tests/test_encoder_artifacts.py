@@ -10,10 +10,12 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from brainatt.contracts.encoding import open_attention, read_test_predictions, read_voxel_scores
 from brainatt.encoding.encoders import ENCODERS, EncodingConfig, load_encoder, load_image_encoder
 from brainatt.encoding.fit import fit_encoder
 from brainatt.features.cache import FeatureCache, extract_features
@@ -137,3 +139,47 @@ def test_folders_without_a_self_contained_model_are_refused(world: dict[str, Pat
     folder = _copy(world["factorized"], tmp_path / "other", lambda info: info.update(encoder="ridge_pooled"))
     with pytest.raises(BrainattError, match="not 'transformer'"):
         ENCODERS["transformer"].load(folder)
+
+
+def _drop(name: str, key: str):
+    def damage(folder: Path) -> None:
+        with h5py.File(folder / name, "r+") as f:
+            del f[key]
+
+    return damage
+
+
+def _truncate(name: str):
+    def damage(folder: Path) -> None:
+        (folder / name).write_bytes((folder / name).read_bytes()[:100])
+
+    return damage
+
+
+def _drop_column(column: str):
+    def damage(folder: Path) -> None:
+        scores = pd.read_csv(folder / "voxel_scores.tsv", sep="\t")
+        scores.drop(columns=column).to_csv(folder / "voxel_scores.tsv", sep="\t", index=False)
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    ("damage", "read", "message"),
+    [
+        (_drop("test_pred.h5", "pred"), lambda d: read_test_predictions(d / "test_pred.h5"), "no 'pred'"),
+        (_truncate("test_pred.h5"), lambda d: read_test_predictions(d / "test_pred.h5"), "not a readable HDF5"),
+        (_drop("attention.h5", "nsd_ids"), lambda d: open_attention(d / "attention.h5").__enter__(), "no 'nsd_ids'"),
+        (_drop_column("r"), lambda d: read_voxel_scores(d / "voxel_scores.tsv"), "no column 'r'"),
+        (_truncate("model.safetensors"), load_encoder, "cannot be read"),
+    ],
+)
+def test_damaged_files_stop_with_one_line_naming_them(
+    world: dict[str, Path], tmp_path: Path, damage, read, message: str
+) -> None:
+    folder = tmp_path / "transformer"
+    shutil.copytree(world["transformer"], folder)
+    damage(folder)
+    with pytest.raises(BrainattError, match=message) as err:
+        read(folder)
+    assert str(folder) in str(err.value) and "\n" not in str(err.value)

@@ -33,10 +33,10 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from sklearn.decomposition import PCA
 from torch import nn
 
+from brainatt.contracts.encoding import read_model, read_model_info, write_model
 from brainatt.encoding.data import SubjectData, assign_queries, validation_split
 from brainatt.encoding.factorized import FactorizedEncoder
 from brainatt.encoding.ridge import RidgeCV
@@ -48,7 +48,6 @@ from brainatt.models.loading import Backbone, ModelSpec, load_backbone, weights_
 
 log = logging.getLogger(__name__)
 Features = Mapping[int | str, torch.Tensor]
-FORMAT = 2  # model.json "format": 2 is the self-contained folder `load_encoder` reads
 
 
 @dataclass(frozen=True)
@@ -276,10 +275,8 @@ class Encoder(ABC):
 
     def save(self, folder: str | Path) -> None:
         """Write ``model.safetensors`` and ``model.json`` into ``folder`` (which must exist)."""
-        folder = Path(folder)
         state, own = self._state()
         info = {
-            "format": FORMAT,
             "encoder": self.name,
             "encoding": dataclasses.asdict(self.cfg),
             "features": self.backbone_["name"],
@@ -290,14 +287,13 @@ class Encoder(ABC):
             **own,
             "fit_seconds": self.fit_seconds_,
         }
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, folder / "model.safetensors")
-        (folder / "model.json").write_text(json.dumps(info, indent=1))
+        write_model(folder, info, {k: v.detach().cpu().numpy() for k, v in state.items()})
 
     @classmethod
     def load(cls, folder: str | Path) -> Self:
         """The fitted encoder saved in ``folder`` (`save`), on the CPU."""
         folder = Path(folder)
-        info, state = _read_folder(folder)
+        info, arrays = read_model(folder)
         if info["encoder"] != cls.name:
             raise BrainattError(f"{folder}: holds a {info['encoder']!r} encoder, not {cls.name!r}: use load_encoder")
         encoder = cls(EncodingConfig.from_config(info["encoding"]))
@@ -305,23 +301,12 @@ class Encoder(ABC):
         encoder.grid_ = tuple(info["grid"])
         encoder.backbone_ = info["backbone"]
         encoder.fit_seconds_ = info["fit_seconds"]
-        encoder._restore(state, info)
+        encoder._restore({k: torch.from_numpy(v) for k, v in arrays.items()}, info)
         return encoder
 
 
 def _read(cache: FeatureCache, key: int | str, nsd_ids: np.ndarray) -> np.ndarray:
     return cache.pooled(nsd_ids) if key == "pooled" else cache.tokens(key, nsd_ids)
-
-
-def _read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    if not (folder / "model.json").exists() or not (folder / "model.safetensors").exists():
-        raise BrainattError(f"{folder}: no fitted encoder here (model.json, model.safetensors): run the encode rule")
-    info = json.loads((folder / "model.json").read_text())
-    if info.get("format") != FORMAT:
-        raise BrainattError(
-            f"{folder / 'model.json'}: written by an older brainatt (no self-contained model): rerun the encode rule"
-        )
-    return info, load_file(folder / "model.safetensors")
 
 
 class TorchEnsemble(Encoder):
@@ -547,9 +532,7 @@ def encoder_class(name: str) -> type[Encoder]:
 def load_encoder(folder: str | Path) -> Encoder:
     """The fitted encoder in ``folder`` (``results/encoding/{subject}/{encoder}/``), whichever kind it is; its
     ``predict(cache, nsd_ids)`` reads features from a feature cache of the same backbone."""
-    folder = Path(folder)
-    info, _ = _read_folder(folder)
-    return encoder_class(info["encoder"]).load(folder)
+    return encoder_class(read_model_info(folder)["encoder"]).load(folder)
 
 
 def backbone_spec(folder: str | Path, record: dict[str, Any]) -> ModelSpec:

@@ -15,16 +15,6 @@ from brainatt.io import BrainattError
 NC_MIN = 5.0  # % : voxels below this ceiling are excluded from the headline NC-normalised means
 
 
-def load_test_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A fitted encoder's ``test_pred.h5`` as `fit.fit_encoder` writes it: the test images' nsd ids ``(N,)`` and
-    the predicted responses ``(N, V)`` in z units."""
-    path = Path(path)
-    if not path.exists():
-        raise BrainattError(f"{path}: no test predictions here: run the encode rule for this subject and encoder")
-    with h5py.File(path, "r") as f:
-        return f["nsd_ids"][()], f["pred"][()]
-
-
 def load_truth(path: str | Path, sub: SubjectData) -> np.ndarray:
     """Noise-free test responses ``(N_test, V)`` from nsd-synth's ``ground_truth/{subject}.h5``, voxels by ijk."""
     path = Path(path)

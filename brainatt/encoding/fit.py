@@ -17,11 +17,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brainatt.contracts.encoding import (
+    ATTENTION,
+    TEST_PRED,
+    VOXEL_SCORES,
+    write_attention,
+    write_test_predictions,
+    write_voxel_scores,
+)
 from brainatt.encoding.data import load_subject
 from brainatt.encoding.encoders import EncodingConfig, TransformerEncoder, encoder_class
 from brainatt.encoding.evaluate import NC_MIN, load_truth, voxel_scores
 from brainatt.features.cache import FeatureCache
-from brainatt.io import atomic_h5, atomic_path
+from brainatt.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +44,10 @@ def _write_attention(
     def ensemble(key: str) -> np.ndarray:
         return torch.stack([m[key] for m in members]).mean(0).permute(1, 0, 2, 3).numpy().astype(np.float16)
 
-    with atomic_h5(path, config, "cross-attention weights of the last layer (sum to 1 per map)") as f:
-        f["queries"] = np.array(encoder.queries_, dtype="S")
-        f["voxel_query"] = encoder.voxel_query_
-        f["voxel_query"].attrs["description"] = "(voxel,): the query each voxel reads (row of maps)"
-        f["nsd_ids"] = nsd_ids
-        f["maps"] = ensemble("weighted")
-        f["maps"].attrs["description"] = "(query, image, gh, gw): each image's heads weighted by head_importance"
-        f["maps_head_mean"] = ensemble("head_mean")
-        f["maps_head_mean"].attrs["description"] = "(query, image, gh, gw): plain mean over heads (the reference's)"
-        f["head_importance"] = torch.stack([m["importance"] for m in members]).numpy().astype(np.float16)
-        f["head_importance"].attrs["description"] = "(member, image, head, query): mean-ablation share per image"
-        f.attrs["grid"] = list(cache.grid)
+    importance = torch.stack([m["importance"] for m in members]).numpy()
+    maps, head_mean = ensemble("weighted"), ensemble("head_mean")
+    queries, voxel_query, grid = encoder.queries_, encoder.voxel_query_, cache.grid
+    write_attention(path, config, queries, voxel_query, nsd_ids, maps, head_mean, importance, grid)
 
 
 def fit_encoder(
@@ -71,12 +71,10 @@ def fit_encoder(
     config = {"encoder": encoder, "encoding": dataclasses.asdict(cfg), "features": cache.backbone}
     with atomic_path(out, directory=True) as tmp:
         model.save(tmp)
-        with atomic_h5(tmp / "test_pred.h5", config, "predicted responses (z units)") as f:
-            f["nsd_ids"] = sub.test_ids
-            f["pred"] = pred
+        write_test_predictions(tmp / TEST_PRED, sub.test_ids, pred, config)
         if isinstance(model, TransformerEncoder):
-            _write_attention(tmp / "attention.h5", model, cache, sub.test_ids, config)
-        scores.to_csv(tmp / "voxel_scores.tsv", sep="\t", index=False, float_format="%.5g")
+            _write_attention(tmp / ATTENTION, model, cache, sub.test_ids, config)
+        write_voxel_scores(tmp / VOXEL_SCORES, scores)
     ok = scores["nc"] >= NC_MIN
     log.info(
         "%s %s: mean r %.3f, NC-normalised %.3f (%d voxels with NC ≥ 5%%) in %.0f s",

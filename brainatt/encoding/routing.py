@@ -47,6 +47,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from brainatt.contracts.encoding import open_attention
 from brainatt.encoding.attention_maps import roi_attention, roi_voxels, voxel_labels, voxel_queries
 from brainatt.io import BrainattError
 from brainatt.synth.brain import VisualSystem, VoxelReadout
@@ -168,7 +169,7 @@ def routing_scores(
     if len(kind) != len(voxel_scores):
         raise BrainattError(f"{gt / subject}.h5: {len(kind)} voxels but the encoder scored {len(voxel_scores)}")
     labels = voxel_labels(voxel_scores)
-    with h5py.File(attention_h5, "r") as f:
+    with open_attention(attention_h5) as f:
         nsd_ids = f["nsd_ids"][()]
         grid = tuple(int(v) for v in f.attrs["grid"])
         voxel_query = voxel_queries(f, labels)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from brainatt.contracts.encoding import ATTENTION, VOXEL_SCORES, read_voxel_scores
 from brainatt.encoding.evaluate import summarize
 from brainatt.encoding.routing import routing_scores
 from brainatt.io import BrainattError, atomic_path
@@ -32,12 +33,10 @@ def write_encoding_summary(
     parts, routes = [], []
     for subject in subjects:
         for encoder in encoders:
-            path = encoding_dir / subject / encoder / "voxel_scores.tsv"
-            if not path.exists():
-                raise BrainattError(f"{path}: missing: run the encode rule for {subject} / {encoder}")
-            scores = pd.read_csv(path, sep="\t")
+            folder = encoding_dir / subject / encoder
+            scores = read_voxel_scores(folder / VOXEL_SCORES)
             parts.append(summarize(scores, subject, encoder))
-            attention = path.parent / "attention.h5"
+            attention = folder / ATTENTION
             if routing and ground_truth and attention.exists():
                 routes.append(routing_scores(attention, scores, ground_truth, subject))
     result = pd.concat(parts, ignore_index=True)
