@@ -535,7 +535,7 @@ def load_encoder(folder: str | Path) -> Encoder:
     return encoder_class(read_model_info(folder)["encoder"]).load(folder)
 
 
-def backbone_spec(folder: str | Path, record: dict[str, Any]) -> ModelSpec:
+def _backbone_spec(folder: Path, record: dict[str, Any]) -> ModelSpec:
     """The recorded backbone's `ModelSpec`; when it names a local directory that is gone, the name as configured
     (e.g. ``kit:clip``, resolved by the current kit) instead, left to the fingerprint check to verify."""
     if not record.get("spec") or not record.get("fingerprint"):
@@ -543,16 +543,18 @@ def backbone_spec(folder: str | Path, record: dict[str, Any]) -> ModelSpec:
             f"{folder}: the encoder records no backbone (its feature cache predates it): rerun the features and "
             "encode rules"
         )
-    spec = ModelSpec.from_config("backbone", {k: v for k, v in record["spec"].items() if k != "role"})
+    spec = ModelSpec.from_json(json.dumps(record["spec"]))
     if Path(spec.name).is_absolute() and not Path(spec.name).exists():
         log.warning("%s: backbone directory %s is gone; loading %s instead", folder, spec.name, record["name"])
         spec = dataclasses.replace(spec, name=record["name"])
     return spec
 
 
-def load_image_encoder(folder: str | Path, device: str = "cpu") -> ImageEncoder:
+def load_image_encoder(folder: str | Path, device: str = "cpu", kit_dir: str | Path | None = None) -> ImageEncoder:
     """The fitted encoder in ``folder`` as a differentiable module, images ``(B, 3, H, W)`` float in [0, 1] →
-    predicted responses ``(B, V)``, running its backbone live (`models.loading.load_backbone`).
+    predicted responses ``(B, V)``, running its backbone live (`models.loading.load_backbone`). ``kit_dir`` is
+    where a ``kit:`` name resolves if the recorded backbone directory is gone (default: ``$BRAINATT_KIT`` or the
+    shipped kit).
 
     The backbone's weights must be the ones the feature cache was computed with (`weights_fingerprint`), else a
     `BrainattError`. Cached tokens are float16; live ones are float32, so predictions differ from the cached path
@@ -560,8 +562,8 @@ def load_image_encoder(folder: str | Path, device: str = "cpu") -> ImageEncoder:
     """
     folder = Path(folder)
     encoder = load_encoder(folder)
-    spec = backbone_spec(folder, encoder.backbone_)
-    backbone = load_backbone(spec, device=device)
+    spec = _backbone_spec(folder, encoder.backbone_)
+    backbone = load_backbone(spec, device=device, kit_dir=kit_dir)
     found, want = weights_fingerprint(backbone), encoder.backbone_["fingerprint"]
     if found != want:
         raise BrainattError(
