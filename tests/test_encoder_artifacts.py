@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from brainatt.contracts.encoding import open_attention, read_test_predictions, read_voxel_scores
-from brainatt.encoding.encoders import ENCODERS, EncodingConfig, load_encoder, load_image_encoder
+from brainatt.encoding.encoders import ENCODERS, EncodingConfig, encoder_class, load_encoder, load_image_encoder
 from brainatt.encoding.fit import fit_encoder
+from brainatt.encoding.train import predict
 from brainatt.features.cache import FeatureCache, extract_features
 from brainatt.io import BrainattError, read_by_nsd_id
 from brainatt.models.loading import ModelSpec
@@ -183,3 +184,31 @@ def test_damaged_files_stop_with_one_line_naming_them(
     with pytest.raises(BrainattError, match=message) as err:
         read(folder)
     assert str(folder) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_heads_combine_what_was_fitted(world: dict[str, Path]) -> None:
+    """The written predictions, recomputed from the saved arrays without the heads: ridge per layer on the PCA
+    projection, each voxel's chosen layer; torch members each alone, weighted per voxel."""
+    cache = FeatureCache(world["features"])
+    ids, written = _written(world["ridge_tokens"])
+    state = load_file(world["ridge_tokens"] / "model.safetensors")
+    per_layer = []
+    for layer in (-1, -2):
+        x = cache.tokens(layer, ids).reshape(len(ids), -1).astype(np.float64)
+        projected = (x - state[f"layer{layer}.pca_mean"].numpy()) @ state[f"layer{layer}.pca_components"].numpy().T
+        per_layer.append(projected @ state[f"layer{layer}.coef"].numpy() + state[f"layer{layer}.intercept"].numpy())
+    chosen = state["chosen_input"].numpy()
+    expected = np.take_along_axis(np.stack(per_layer), chosen[None, None], axis=0)[0]
+    np.testing.assert_allclose(written, expected, rtol=0, atol=1e-4)
+    encoder = load_encoder(world["transformer"])
+    members = [
+        predict(m, torch.from_numpy(cache.tokens(layer, ids)))
+        for m, layer in zip(encoder.members_, encoder.layers_, strict=True)
+    ]
+    expected = np.einsum("mv,mnv->nv", encoder.ensemble_weights_, np.stack(members))
+    np.testing.assert_allclose(_written(world["transformer"])[1], expected, rtol=0, atol=1e-5)
+
+
+def test_unknown_encoders_are_named_with_the_choices() -> None:
+    with pytest.raises(BrainattError, match="unknown encoder 'ridge': choose from transformer, factorized"):
+        encoder_class("ridge")
