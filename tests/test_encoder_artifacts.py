@@ -16,7 +16,14 @@ import torch
 from safetensors.torch import load_file
 
 from brainatt.contracts.encoding import open_attention, read_test_predictions, read_voxel_scores
-from brainatt.encoding.encoders import ENCODERS, EncodingConfig, encoder_class, load_encoder, load_image_encoder
+from brainatt.encoding.encoders import (
+    ENCODERS,
+    ChosenLinear,
+    EncodingConfig,
+    encoder_class,
+    load_encoder,
+    load_image_encoder,
+)
 from brainatt.encoding.fit import fit_encoder
 from brainatt.encoding.train import predict
 from brainatt.features.cache import FeatureCache, extract_features
@@ -212,3 +219,16 @@ def test_heads_combine_what_was_fitted(world: dict[str, Path]) -> None:
 def test_unknown_encoders_are_named_with_the_choices() -> None:
     with pytest.raises(BrainattError, match="unknown encoder 'ridge': choose from transformer, factorized"):
         encoder_class("ridge")
+
+
+@pytest.mark.parametrize("chosen", [[0, 1, 1, 0, 1], [1, 1, 1, 1, 1]])  # the second leaves input 0 unread
+def test_each_voxel_reads_its_chosen_input(chosen: list[int]) -> None:
+    torch.manual_seed(0)
+    features = {-1: torch.randn(3, 2, 2, 4), -2: torch.randn(3, 2, 2, 4)}
+    coef, intercept = [torch.randn(3, 5) for _ in range(2)], [torch.randn(5) for _ in range(2)]
+    pca = [(torch.randn(3, 16), torch.randn(16)) for _ in range(2)]
+    head = ChosenLinear([-1, -2], coef, intercept, torch.tensor(chosen), pca)
+    inputs = zip((-1, -2), pca, coef, intercept, strict=True)
+    every = [((features[key].flatten(1) - mean) @ p.T) @ b + a for key, (p, mean), b, a in inputs]
+    expected = torch.stack(every).gather(0, torch.tensor(chosen).expand(1, 3, 5))[0]
+    torch.testing.assert_close(head(features), expected)

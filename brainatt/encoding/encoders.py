@@ -197,6 +197,8 @@ class ChosenLinear(nn.Module):
     def forward(self, features: Features) -> torch.Tensor:
         parts = []
         for i, key in enumerate(self.keys):
+            if not getattr(self, f"coef{i}").shape[1]:  # no voxel reads this input
+                continue
             x = features[key].flatten(1).float()
             if self.projected:
                 x = (x - getattr(self, f"mean{i}")) @ getattr(self, f"components{i}").T
