@@ -65,6 +65,8 @@ class EncodingConfig:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> EncodingConfig:
+        """The section as a config (or a saved ``model.json``) holds it: lists become tuples; ``encoders`` (which
+        encoders the workflow fits) is not a fitting setting."""
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k != "encoders"}
         return cls(**cfg)
 
