@@ -126,7 +126,7 @@ def child_arm(arm: str, workdir: Path, epochs: int, threads: int) -> None:
 
     from brainatt.contracts.features import FeatureCache
     from brainatt.encoding.data import load_subject, validation_split
-    from brainatt.encoding.fit import build_model
+    from brainatt.encoding.encoders import build_model
     from brainatt.encoding.train import TrainConfig, fit
     from brainatt.models.loading import ModelSpec, load_backbone
 

@@ -98,7 +98,8 @@ def cmd_features(args: argparse.Namespace) -> None:
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
-    from brainatt.encoding.fit import EncodingConfig, fit_encoder
+    from brainatt.encoding.encoders import EncodingConfig
+    from brainatt.encoding.fit import fit_encoder
 
     cfg = EncodingConfig.from_config(json.loads(args.config))
     fit_encoder(args.responses, args.features, args.encoder, cfg, args.out, truth=args.truth)

@@ -14,10 +14,11 @@ import pytest
 import yaml
 
 from brainatt.contracts.features import FeatureCache, features_writer
+from brainatt.contracts.ground_truth import read_true_responses
 from brainatt.encoding.attention_maps import roi_attention, voxel_queries
 from brainatt.encoding.data import QUERY_MODES, SubjectData, assign_queries, validation_split
-from brainatt.encoding.evaluate import load_truth, summarize, voxel_scores
-from brainatt.encoding.fit import build_model, split_settings
+from brainatt.encoding.encoders import build_model, split_settings
+from brainatt.encoding.evaluate import summarize, voxel_scores
 from brainatt.encoding.readout import VoxelReadout
 from brainatt.features.cache import backbone_slug
 from brainatt.io import BrainattError
@@ -113,10 +114,12 @@ def test_truth_is_aligned_by_voxel_coordinates(tmp_path: Path) -> None:
     with h5py.File(tmp_path / "subj01.h5", "w") as f:
         f["ijk"] = sub.ijk[order]
         f["responses"] = truth[:, order]
-    np.testing.assert_array_equal(load_truth(tmp_path / "subj01.h5", sub), truth[sub.test_ids])
+    np.testing.assert_array_equal(
+        read_true_responses(tmp_path / "subj01.h5", sub.ijk, sub.test_ids, sub.path), truth[sub.test_ids]
+    )
     sub.ijk = sub.ijk + 100
     with pytest.raises(BrainattError, match="missing from the ground truth"):
-        load_truth(tmp_path / "subj01.h5", sub)
+        read_true_responses(tmp_path / "subj01.h5", sub.ijk, sub.test_ids, sub.path)
 
 
 SPEC = WorldSpec(n_subjects=1, n_train=30, n_shared=10, image_size=32, trials_per_session=40)

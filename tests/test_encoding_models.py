@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+from brainatt.encoding.encoders import MemberEnsemble, member_maps
 from brainatt.encoding.factorized import FactorizedEncoder
-from brainatt.encoding.fit import _test_maps
 from brainatt.encoding.readout import VoxelReadout
 from brainatt.encoding.ridge import RidgeCV
 from brainatt.encoding.train import (
     TrainConfig,
-    ensemble_predict,
     ensemble_weights,
     fit,
     predict,
@@ -217,7 +216,7 @@ def test_head_importance_is_per_image_and_does_not_depend_on_chunks_or_company()
     torch.testing.assert_close(model.head_importance(x, reference=x_ref, batch=7), importance)
     # With a fixed reference an image's weights do not depend on the other images scored beside it.
     torch.testing.assert_close(model.head_importance(x[3:4], reference=x_ref), importance[3:4])
-    chunked, whole = _test_maps(model, x, x_ref, chunk=7), _test_maps(model, x, x_ref)
+    chunked, whole = member_maps(model, x, x_ref, chunk=7), member_maps(model, x, x_ref)
     for key in whole:
         torch.testing.assert_close(chunked[key], whole[key])
     torch.testing.assert_close(whole["weighted"], model.attention(x, importance))
@@ -330,7 +329,18 @@ def test_ensemble_weights_are_a_per_voxel_softmax_summing_to_one() -> None:
     np.testing.assert_allclose(w.sum(0), 1)
     assert w[1, 0] > 0.99 and w[0, 1] > 0.99
     np.testing.assert_allclose(ensemble_weights(r, temperature=0), 0.5)
-    preds = np.random.default_rng(0).normal(size=(2, 3, 2))  # (members, images, voxels)
-    weights, pred = ensemble_predict(r, preds, temperature=40)
-    np.testing.assert_array_equal(weights, w)
-    np.testing.assert_allclose(pred, w[0] * preds[0] + w[1] * preds[1])
+    preds = torch.randn(2, 3, 2)  # (members, images, voxels): each member answers with its own predictions
+    ensemble = MemberEnsemble([Fixed(p) for p in preds], [-1, -2], torch.from_numpy(w))
+    weights = torch.from_numpy(w).float()
+    torch.testing.assert_close(ensemble({-1: torch.zeros(3), -2: torch.zeros(3)}), (weights[:, None] * preds).sum(0))
+
+
+class Fixed(torch.nn.Module):
+    """A stand-in member that predicts ``out`` whatever its input."""
+
+    def __init__(self, out: torch.Tensor) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out

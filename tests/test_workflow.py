@@ -16,7 +16,7 @@ import yaml
 
 from brainatt.contracts.features import FeatureCache
 from brainatt.encoding.data import load_subject
-from brainatt.encoding.fit import load_members
+from brainatt.encoding.encoders import load_encoder
 from brainatt.encoding.train import predict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,10 +124,10 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path: Path) -> None:
     sub = load_subject(tmp_path / "results/prep/subj01/responses.h5")
     cache = FeatureCache(next((tmp_path / "results/features").glob("*.h5")))
     x = torch.from_numpy(cache.tokens(cache.layers[0], sub.test_ids))
-    info, models = load_members(folder, sub, x.shape[-1])
-    assert [m["layer"] for m in info["members"]] == cache.layers and len(models) == 1
+    encoder = load_encoder(folder)
+    assert [m["layer"] for m in encoder.member_info_] == cache.layers and len(encoder.members_) == 1
     with h5py.File(folder / "test_pred.h5") as f:
-        np.testing.assert_allclose(predict(models[0], x), f["pred"][()], atol=1e-5)
+        np.testing.assert_allclose(predict(encoder.members_[0], x), f["pred"][()], atol=1e-5)
     for subject in ("subj01", "subj02"):
         for figure in ("encoding_brain_maps.png", "encoding_voxel_scatter.png", "encoding_attention.png"):
             assert (tmp_path / f"results/figures/{subject}/{figure}").stat().st_size > 1000

@@ -8,12 +8,16 @@ query's, not re-weighted for that ROI; ``maps_head_mean`` has no such weighting.
 
 from __future__ import annotations
 
-import h5py
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
 from brainatt.encoding.data import roi_labels
 from brainatt.io import BrainattError
+
+if TYPE_CHECKING:
+    import h5py
 
 CHUNK = 16  # queries summed at a time: per-voxel maps of a whole ROI could take gigabytes in float64
 

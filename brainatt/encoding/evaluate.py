@@ -2,40 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import h5py
 import numpy as np
 import pandas as pd
 
 from brainatt.encoding.data import FAMILIES, SubjectData
-from brainatt.io import BrainattError
 from brainatt.metrics import nc_normalized, pearson_r, r2_score
 
 NC_MIN = 5.0  # % : voxels below this ceiling are excluded from the headline NC-normalised means
-
-
-def load_test_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A fitted encoder's ``test_pred.h5`` as `fit.fit_encoder` writes it: the test images' nsd ids ``(N,)`` and
-    the predicted responses ``(N, V)`` in z units."""
-    path = Path(path)
-    if not path.exists():
-        raise BrainattError(f"{path}: no test predictions here: run the encode rule for this subject and encoder")
-    with h5py.File(path, "r") as f:
-        return f["nsd_ids"][()], f["pred"][()]
-
-
-def load_truth(path: str | Path, sub: SubjectData) -> np.ndarray:
-    """Noise-free test responses ``(N_test, V)`` from nsd-synth's ``ground_truth/{subject}.h5``, voxels by ijk."""
-    path = Path(path)
-    if not path.exists():
-        raise BrainattError(f"{path}: ground-truth file missing (only nsd-synth worlds have one)")
-    with h5py.File(path, "r") as f:
-        lookup = {tuple(v): i for i, v in enumerate(f["ijk"][()])}
-        cols = [lookup.get(tuple(v), -1) for v in sub.ijk]
-        if min(cols) < 0:
-            raise BrainattError(f"{path}: voxels of {sub.path} are missing from the ground truth: wrong subject?")
-        return f["responses"][()][sub.test_ids][:, cols]
 
 
 def voxel_scores(sub: SubjectData, pred: np.ndarray, truth: np.ndarray | None = None) -> pd.DataFrame:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from brainatt.contracts.encoding import VOXEL_SCORES, read_voxel_scores
 from brainatt.encoding.evaluate import summarize
-from brainatt.io import BrainattError, atomic_path
+from brainatt.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,8 @@ def write_encoding_summary(
     parts = []
     for subject in subjects:
         for encoder in encoders:
-            path = encoding_dir / subject / encoder / "voxel_scores.tsv"
-            if not path.exists():
-                raise BrainattError(f"{path}: missing: run the encode rule for {subject} / {encoder}")
-            scores = pd.read_csv(path, sep="\t")
+            folder = encoding_dir / subject / encoder
+            scores = read_voxel_scores(folder / VOXEL_SCORES)
             parts.append(summarize(scores, subject, encoder))
     result = pd.concat(parts, ignore_index=True)
     write_tsv(result, table)

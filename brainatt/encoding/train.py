@@ -152,10 +152,3 @@ def ensemble_weights(val_r: np.ndarray, temperature: float) -> np.ndarray:
     z -= z.max(0, keepdims=True)
     w = np.exp(z)
     return w / w.sum(0, keepdims=True)
-
-
-def ensemble_predict(val_r: np.ndarray, preds: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """Members' predictions ``(M, N, V)`` combined per voxel with `ensemble_weights` of their validation r
-    ``(M, V)``: the weights and the ensemble's predictions ``(N, V)``."""
-    weights = ensemble_weights(val_r, temperature)
-    return weights, np.einsum("mv,mnv->nv", weights, preds)

@@ -47,6 +47,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from brainatt.contracts.encoding import ATTENTION, VOXEL_SCORES, open_attention, read_voxel_scores
 from brainatt.encoding.attention_maps import roi_attention, roi_voxels, voxel_labels, voxel_queries
 from brainatt.encoding.summary import write_tsv
 from brainatt.io import BrainattError
@@ -169,7 +170,7 @@ def routing_scores(
     if len(kind) != len(voxel_scores):
         raise BrainattError(f"{gt / subject}.h5: {len(kind)} voxels but the encoder scored {len(voxel_scores)}")
     labels = voxel_labels(voxel_scores)
-    with h5py.File(attention_h5, "r") as f:
+    with open_attention(attention_h5) as f:
         nsd_ids = f["nsd_ids"][()]
         grid = tuple(int(v) for v in f.attrs["grid"])
         voxel_query = voxel_queries(f, labels)
@@ -259,11 +260,10 @@ def write_routing_table(
     rows = []
     for subject in subjects:
         folder = Path(encoding_dir) / subject / encoder
-        for name in ("attention.h5", "voxel_scores.tsv"):
-            if not (folder / name).exists():
-                raise BrainattError(f"{folder / name}: missing: routing needs the {encoder} encoder of {subject}")
-        scores = pd.read_csv(folder / "voxel_scores.tsv", sep="\t")
-        rows.append(routing_scores(folder / "attention.h5", scores, ground_truth, subject))
+        if not (folder / ATTENTION).exists():
+            raise BrainattError(f"{folder / ATTENTION}: missing: routing needs the {encoder} encoder of {subject}")
+        scores = read_voxel_scores(folder / VOXEL_SCORES)
+        rows.append(routing_scores(folder / ATTENTION, scores, ground_truth, subject))
     table = pd.concat(rows, ignore_index=True)
     write_tsv(table, out)
     return table

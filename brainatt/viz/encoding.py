@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import h5py
 import matplotlib
 
 matplotlib.use("Agg")
@@ -22,10 +21,18 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import ndimage
 
+from brainatt.contracts.encoding import (
+    ATTENTION,
+    TEST_PRED,
+    VOXEL_SCORES,
+    open_attention,
+    read_test_predictions,
+    read_voxel_scores,
+)
 from brainatt.contracts.responses import read_responses
 from brainatt.contracts.stimuli import Stimuli
 from brainatt.encoding.attention_maps import roi_attention, roi_voxels, voxel_labels, voxel_queries
-from brainatt.encoding.evaluate import NC_MIN, load_test_predictions
+from brainatt.encoding.evaluate import NC_MIN
 from brainatt.io import BrainattError, atomic_path
 
 FAMILY_ORDER = ("retinotopic", "category", "other")
@@ -378,10 +385,11 @@ def attention_figure(
 
     Every panel's matplotlib gid is the ROI label whose map it shows (it becomes the element id in SVG output).
     """
-    pred_ids, pred = load_test_predictions(test_pred_h5)
+    predicted = read_test_predictions(test_pred_h5)
+    pred_ids, pred = predicted.nsd_ids, predicted.pred
     _require(voxel_scores, ["voxel", "roi", "hemi"], "voxel scores")
     labels = voxel_labels(voxel_scores)
-    with h5py.File(attention_h5, "r") as a:
+    with open_attention(attention_h5) as a:
         voxel_query = voxel_queries(a, labels)
         att_ids = a["nsd_ids"][()]
         keep = np.isin(pred_ids, att_ids)  # rank only images that have attention maps
@@ -539,12 +547,6 @@ def plot_voxel_scatter(
 # --- entry point ---------------------------------------------------------------------------------------------
 
 
-def _read_scores(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise BrainattError(f"{path}: voxel scores not found: run the encoding stage for this encoder first")
-    return pd.read_csv(path, sep="\t")
-
-
 def make_encoding_figures(
     out_dir: str | Path,
     *,
@@ -579,7 +581,7 @@ def make_encoding_figures(
     enc_dir = Path(encoding_dir) / subject
     sub_dir = out_dir / subject
     needed = [*encoders, *pair, *([attention_encoder] if attention_encoder else [])]
-    scores = {e: _read_scores(enc_dir / e / "voxel_scores.tsv") for e in dict.fromkeys(needed)}
+    scores = {e: read_voxel_scores(enc_dir / e / VOXEL_SCORES) for e in dict.fromkeys(needed)}
     if read_responses(responses_h5, betas=False).voxels.has_volume:
         written["brain_maps"] = plot_brain_maps(
             {e: scores[e] for e in encoders}, responses_h5, sub_dir / FIGURES["brain_maps"], background
@@ -587,8 +589,8 @@ def make_encoding_figures(
     plot_voxel_scatter(scores[pair[0]], scores[pair[1]], sub_dir / FIGURES["scatter"], names=pair)
     written["scatter"] = sub_dir / FIGURES["scatter"]
     if attention_encoder is not None:
-        att = enc_dir / attention_encoder / "attention.h5"
-        pred = enc_dir / attention_encoder / "test_pred.h5"
+        att = enc_dir / attention_encoder / ATTENTION
+        pred = enc_dir / attention_encoder / TEST_PRED
         for path in (att, pred):
             if not path.exists():
                 raise BrainattError(f"{path}: not found: run the {attention_encoder} encoder for {subject} first")
