@@ -122,7 +122,7 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path: Path) -> None:
     # The fitted member reloads from its files and reproduces the written test predictions (one member: weight 1).
     folder = tmp_path / "results/encoding/subj01/transformer"
     sub = load_subject(tmp_path / "results/prep/subj01/responses.h5")
-    cache = FeatureCache(next((tmp_path / "results/features").glob("*.h5")))
+    cache = FeatureCache(tmp_path / "results/features/backbone/kit-clip.h5")
     x = torch.from_numpy(cache.tokens(cache.layers[0], sub.test_ids))
     info, models = load_members(folder, sub, x.shape[-1])
     assert [m["layer"] for m in info["members"]] == cache.layers and len(models) == 1
