@@ -1,11 +1,13 @@
-"""Backbone feature cache (``results/features/{backbone}.h5``).
+"""Feature caches per model role (``results/features/{role}/{model}.h5``).
 
-A frozen backbone is run once over the images the subjects saw; encoders then train from the cached patch
-tokens for as many epochs, seeds and layers as they like (the reference code re-ran the backbone every epoch).
+A frozen model is run once over the images the subjects saw. Role ``backbone``: encoders then train from the cached
+patch tokens for as many epochs, seeds and layers as they like (the reference code re-ran the backbone every epoch).
 Layout: ``nsd_ids (N,)``, ``pooled (N,D) float32``, ``tokens/<layer> (N,gh,gw,C) float16`` chunked one image
 per chunk row block, attrs ``grid``, ``layers``, ``backbone`` (the spec's name), ``model_spec`` (the whole
 `ModelSpec` as JSON, its name resolved to the directory loaded when local) and ``model_fingerprint`` (a hash of the
 weights, `models.loading.weights_fingerprint`), so a saved encoder can rebuild and verify its backbone.
+Role ``clip``: the CLIP model's image embeddings as ``pooled (N,D) float32`` (raw, not normalised), no tokens
+(``layers`` and ``grid`` empty), the same other attrs.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from brainatt.io import BrainattError, atomic_h5, read_by_nsd_id
-from brainatt.models.loading import ModelSpec, load_backbone, resolved_spec, weights_fingerprint
+from brainatt.models.loading import ModelSpec, load_backbone, load_clip, resolved_spec, weights_fingerprint
 from brainatt.synth.world import images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,22 @@ def extract_features(
     kit_dir: str | Path | None = None,
     config: dict[str, Any] | None = None,
 ) -> Path:
-    """Run the backbone over every image in ``stimuli`` (images.h5) and write the feature cache to ``out``."""
+    """Run the model over every image in ``stimuli`` (images.h5) and write the feature cache to ``out``.
+
+    ``spec.role`` ``backbone``: patch tokens of ``spec.layers`` and pooled embeddings; ``clip``: the CLIP image
+    embeddings only (``pooled``).
+    """
     device = device or default_device()
-    backbone = load_backbone(spec, device=device, kit_dir=kit_dir)
+    if spec.role == "clip":
+        clip = load_clip(spec, device=device, kit_dir=kit_dir)
+
+        def run(x: torch.Tensor) -> dict[str | int, torch.Tensor]:
+            return {"pooled": clip.encode_image(x)}
+
+        model, layers, grid = clip.model, [], []
+    else:
+        backbone = load_backbone(spec, device=device, kit_dir=kit_dir)
+        model, layers, grid, run = backbone, list(spec.layers), list(backbone.grid), backbone
     with h5py.File(stimuli, "r") as f:
         if "images" not in f or "nsd_ids" not in f:
             raise BrainattError(f"{stimuli}: no 'images'/'nsd_ids' datasets: rerun the stimuli rule")
@@ -57,18 +72,18 @@ def extract_features(
         images = f["images"]
         n = len(nsd_ids)
         t0 = time.time()
-        with atomic_h5(out, config or {"backbone": spec.__dict__}, "tokens: backbone activations") as h:
+        with atomic_h5(out, config or {spec.role: spec.__dict__}, "tokens: backbone activations") as h:
             h["nsd_ids"] = nsd_ids
             h.attrs["backbone"] = spec.name
-            h.attrs["layers"] = list(spec.layers)
-            h.attrs["grid"] = list(backbone.grid)
+            h.attrs["layers"] = layers
+            h.attrs["grid"] = grid
             h.attrs["model_spec"] = resolved_spec(spec, kit_dir).to_json()
-            h.attrs["model_fingerprint"] = weights_fingerprint(backbone)
+            h.attrs["model_fingerprint"] = weights_fingerprint(model)
             datasets: dict[str | int, h5py.Dataset] = {}
             progress = tqdm(total=n, desc=f"features {spec.name}", unit="img", mininterval=5)
             for i in range(0, n, batch):
                 x = images_to_tensor(images[i : i + batch]).to(device)
-                feats = backbone(x)
+                feats = run(x)
                 if not datasets:
                     datasets = _create(h, feats, n)
                 for key, ds in datasets.items():
