@@ -40,7 +40,7 @@ class SubjectData:
     roi: np.ndarray  # (V,) ROI name
     hemi: np.ndarray  # (V,) 'lh' | 'rh'
     family: np.ndarray  # (V,) one of FAMILIES
-    ijk: np.ndarray
+    ijk: np.ndarray | None  # (V, 3) volume coordinates; None for surface data (Algonauts)
 
     @property
     def n_voxels(self) -> int:
@@ -90,7 +90,7 @@ def load_subject(path: str | Path) -> SubjectData:
             roi=roi.astype(str),
             hemi=hemi,
             family=family.astype(str),
-            ijk=f["voxels/ijk"][()],
+            ijk=f["voxels/ijk"][()] if "voxels/ijk" in f else None,
         )
     if not len(data.test_ids):
         raise BrainattError(f"{path}: no test images: the shared test split is empty; check the design file")

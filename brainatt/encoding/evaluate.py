@@ -30,6 +30,8 @@ def load_truth(path: str | Path, sub: SubjectData) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise BrainattError(f"{path}: ground-truth file missing (only nsd-synth worlds have one)")
+    if sub.ijk is None:
+        raise BrainattError(f"{sub.path}: surface data: the ground truth is matched to volume voxels (NSD layout only)")
     with h5py.File(path, "r") as f:
         lookup = {tuple(v): i for i, v in enumerate(f["ijk"][()])}
         cols = [lookup.get(tuple(v), -1) for v in sub.ijk]
