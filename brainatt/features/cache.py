@@ -13,7 +13,6 @@ Role ``clip``: the CLIP model's image embeddings as ``pooled (N,D) float32`` (ra
 from __future__ import annotations
 
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,6 @@ from brainatt.models.loading import ModelSpec, load_backbone, load_clip, resolve
 from brainatt.synth.world import images_to_tensor
 
 log = logging.getLogger(__name__)
-
-
-def backbone_slug(name: str) -> str:
-    """A file-name-safe backbone name: ``kit:clip`` → ``kit-clip``, ``org/model`` → ``org-model``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
 
 
 def default_device() -> str:
