@@ -81,6 +81,13 @@ def test_encode_params_hold_only_the_encoders_own_section(tmp_path: Path) -> Non
     assert all(shared[e] != base[e] for e in base)  # a shared key reruns every encoder
 
 
+def test_clip_features_are_buildable_on_request() -> None:
+    output = _demo_dry_run("results/features/clip/kit-clip.h5")
+    assert "brainatt features --role clip" in output and "results/features/clip" not in _demo_dry_run()
+    wrong = _run(REPO, "-n", "--cores", "1", "results/features/clip/ViT-B-16.h5")
+    assert wrong.returncode != 0 and "results/features/clip/kit-clip.h5" in wrong.stdout + wrong.stderr
+
+
 def _copy_workflow(dest: Path) -> Path:
     """The repository's workflow files (what a user runs from the repository root), without results."""
     for name in ("Snakefile", "workflow", "config", "profiles", "envs"):

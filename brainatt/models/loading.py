@@ -74,7 +74,7 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     for key, value in module.state_dict().items():
         t = value.detach().cpu().contiguous()
         h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too (logit_scale)
     return h.hexdigest()[:16]
 
 
