@@ -5,7 +5,11 @@ from snakemake.utils import min_version, validate
 min_version("8.20")
 
 
-configfile: "config/config.yaml"
+# The embedded demo's config, only when no --configfile is given: a real-data config must not be merged into the
+# demo's (its synth section would plan a simulated dataset and ground truth).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

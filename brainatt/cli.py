@@ -93,7 +93,7 @@ def cmd_features(args: argparse.Namespace) -> None:
     from brainatt.features.cache import extract_features
     from brainatt.models.spec import ModelSpec
 
-    spec = ModelSpec.from_config("backbone", json.loads(args.model))
+    spec = ModelSpec.from_config(args.role, json.loads(args.model))
     extract_features(args.stimuli, spec, args.out, batch=args.batch, kit_dir=args.kit)
 
 
@@ -192,9 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", required=True)
     p.add_argument("--figure", required=True)
 
-    p = add("features", cmd_features, "run a frozen backbone once over the stimuli → feature cache (tokens, pooled)")
+    p = add("features", cmd_features, "run a frozen model once over the stimuli → feature cache")
+    p.add_argument(
+        "--role",
+        choices=["backbone", "clip"],
+        default="backbone",
+        help="backbone: patch tokens of its layers and pooled embeddings; clip: CLIP image embeddings (pooled only)",
+    )
     p.add_argument("--stimuli", required=True, help="images.h5 from the stimuli rule")
-    p.add_argument("--model", required=True, help="JSON model spec (config models.backbone)")
+    p.add_argument("--model", required=True, help="JSON model spec (config models.backbone or models.clip)")
     p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--out", required=True, help="feature cache .h5 to write")

@@ -20,7 +20,6 @@ from brainatt.encoding.data import QUERY_MODES, SubjectData, assign_queries, val
 from brainatt.encoding.encoders import build_model, split_settings
 from brainatt.encoding.evaluate import summarize, voxel_scores
 from brainatt.encoding.readout import VoxelReadout
-from brainatt.features.cache import backbone_slug
 from brainatt.io import BrainattError
 from brainatt.models.spec import ModelSpec
 from brainatt.synth.brain import sample_voxel_params
@@ -366,8 +365,6 @@ def test_feature_cache_returns_rows_in_the_order_asked(tmp_path: Path) -> None:
         cache.pooled(np.array([4]))
     with pytest.raises(BrainattError, match="layer -2 not cached"):
         cache.tokens(-2, ids)
-    assert backbone_slug("facebook/dinov2-base") == "facebook-dinov2-base"
-    assert backbone_slug("kit:clip") == "kit-clip"
 
 
 def test_transformer_settings_reach_the_model() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ from brainatt.models.kit import MANIFEST, check_manifest, kit_fingerprint, kit_i
 from brainatt.models.loading import load_backbone, load_captioner, load_clip
 from brainatt.models.spec import SHIPPED_KIT, ModelSpec
 from brainatt.synth import scenes
-from brainatt.synth.scenes import render_many, sample_scene
+from brainatt.synth.scenes import caption, render, render_many, sample_scene
 
 
 def test_shipped_kit_matches_the_scene_generator() -> None:
@@ -29,10 +30,31 @@ def test_shipped_kit_matches_the_scene_generator() -> None:
 
 def test_a_changed_generator_makes_the_kit_stale(monkeypatch: pytest.MonkeyPatch) -> None:
     size = json.loads((SHIPPED_KIT / MANIFEST).read_text())["config"]["image_size"]
-    monkeypatch.setattr(scenes, "caption", lambda scene: "a different world")
+    monkeypatch.setattr(scenes, "GENERATOR_VERSION", scenes.GENERATOR_VERSION + 1)
     assert not kit_is_current(SHIPPED_KIT, size)
     monkeypatch.undo()
     assert not kit_is_current(SHIPPED_KIT, size // 2)  # another image size is another world
+
+
+# Pixels and captions of 24 fixed-seed scenes at 64 px, as the shipped kit saw them.
+RENDERED_64PX = "92c7c0d048f8ec2a"
+
+
+def test_scene_rendering_is_pinned() -> None:
+    """The kit's staleness check reads only the generator's version, so what rendering depends on is pinned here.
+
+    Fails when the drawn scenes change: an edit of `brainatt.synth.scenes` (bump ``version`` in
+    ``brainatt/synth/generator.json``, retrain the kit with `snakemake kit`, record the new hash) or a Pillow/FreeType
+    update that draws text or anti-aliases differently (look at the scenes; record the new hash if they are the same
+    world, or treat it as a generator change).
+    """
+    h = hashlib.sha256(b"64")
+    rng = np.random.default_rng(20231)
+    for _ in range(24):
+        scene = sample_scene(rng)
+        h.update(render(scene, 64, 16)[0].tobytes())
+        h.update(caption(scene).encode())
+    assert h.hexdigest()[:16] == RENDERED_64PX
 
 
 def test_kit_stays_under_its_size_budget() -> None:

@@ -26,6 +26,7 @@ from brainatt.viz.encoding import (
     plot_brain_maps,
     plot_voxel_scatter,
     roi_title,
+    scatter_pair,
     top_images,
     voxel_image,
     voxel_values,
@@ -285,6 +286,37 @@ def test_make_encoding_figures_writes_all_four(world: dict, tmp_path: Path) -> N
         **{k: tmp_path / "subj01" / FIGURES[k] for k in ("brain_maps", "scatter", "attention")},
     }
     assert all(_is_png(p) for p in written.values())
+
+
+@pytest.mark.parametrize("encoders", [["ridge_tokens"], ["transformer"], ["transformer", "ridge_tokens"]])
+def test_figures_for_any_subset_of_encoders(world: dict, tmp_path: Path, encoders: list[str]) -> None:
+    """As the encoding_figures rule calls it: a scatter needs two encoders, attention maps the transformer."""
+    written = make_encoding_figures(
+        tmp_path,
+        subject="subj01",
+        encoding_dir=world["dir"] / "encoding",
+        responses_h5=world["responses"],
+        stimuli_h5=world["stimuli"],
+        encoders=encoders,
+        attention_encoder="transformer" if "transformer" in encoders else None,
+        background=world["background"],
+    )
+    expected = {
+        "brain_maps",
+        *(["scatter"] if len(encoders) >= 2 else []),
+        *(["attention"] if "transformer" in encoders else []),
+    }
+    assert set(written) == expected and all(_is_png(p) for p in written.values())
+
+
+def test_scatter_pair_is_the_richest_encoder_against_a_baseline() -> None:
+    assert scatter_pair(["ridge_pooled", "ridge_tokens", "factorized", "transformer"]) == (
+        "transformer",
+        "ridge_tokens",
+    )
+    assert scatter_pair(["ridge_pooled", "factorized"]) == ("factorized", "ridge_pooled")
+    assert scatter_pair(["ridge_tokens", "ridge_pooled"]) == ("ridge_tokens", "ridge_pooled")
+    assert scatter_pair(["transformer"]) is None
 
 
 def test_attention_rows_are_rois_whatever_the_query_mode(world: dict, tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ from brainatt.contracts.features import FeatureCache
 from brainatt.encoding.data import load_subject
 from brainatt.encoding.encoders import load_encoder
 from brainatt.encoding.train import predict
+from brainatt.synth.algonauts import SYNTH_ATLASES, write_synth_algonauts
+from brainatt.synth.world import WorldSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = {
@@ -122,7 +124,7 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path: Path) -> None:
     # The fitted member reloads from its files and reproduces the written test predictions (one member: weight 1).
     folder = tmp_path / "results/encoding/subj01/transformer"
     sub = load_subject(tmp_path / "results/prep/subj01/responses.h5")
-    cache = FeatureCache(next((tmp_path / "results/features").glob("*.h5")))
+    cache = FeatureCache(tmp_path / "results/features/backbone/kit-clip.h5")
     x = torch.from_numpy(cache.tokens(cache.layers[0], sub.test_ids))
     encoder = load_encoder(folder)
     assert [m["layer"] for m in encoder.member_info_] == cache.layers and len(encoder.members_) == 1
@@ -139,6 +141,37 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path: Path) -> None:
     report = _snakemake(tmp_path, "--report", str(tmp_path / "report.html"))
     assert report.returncode == 0, report.stderr[-2000:]
     assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_tiny_algonauts_pipeline_runs_end_to_end(tmp_path: Path) -> None:
+    """Surface data (no volume coordinates) through the whole DAG, as real Algonauts data: no synth section."""
+    spec = WorldSpec(seed=2, n_subjects=2, n_train=40, n_shared=12, image_size=32, trials_per_session=52, voxel_mm=6.0)
+    write_synth_algonauts(spec, tmp_path / "data/algonauts")
+    config = {
+        "dataset": {
+            "layout": "algonauts",
+            "root": "data/algonauts",
+            "subjects": ["subj01", "subj02"],
+            "mask": ["all-vertices"],
+            "atlases": SYNTH_ATLASES,
+        },
+        "models": TINY_CONFIG["models"],
+        "encoding": {**TINY_CONFIG["encoding"], "transformer": {"epochs": 2, "heads": 2, "ff": 32}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run = _snakemake(tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    encoding = pd.read_csv(tmp_path / "results/tables/encoding.tsv", sep="\t")
+    assert set(encoding.encoder) == {"transformer", "factorized", "ridge_pooled", "ridge_tokens"}
+    assert set(encoding.subject) == {"subj01", "subj02"}
+    assert encoding.loc[encoding.roi == "all", "r_truth"].isna().all()  # no ground truth for real-data layouts
+    assert not (tmp_path / "results/tables/routing.tsv").exists()
+    assert not (tmp_path / "results/kit").exists() and not (tmp_path / "results/tables/kit_quality.tsv").exists()
+    for subject in ("subj01", "subj02"):
+        figures = sorted(p.name for p in (tmp_path / f"results/figures/{subject}").iterdir())
+        assert figures == ["encoding_attention.png", "encoding_voxel_scatter.png"]  # no brain maps on a surface
+    assert (tmp_path / "results/figures/encoding_accuracy_by_roi.png").stat().st_size > 1000
 
 
 def test_config_with_unknown_key_is_rejected(tmp_path: Path) -> None:

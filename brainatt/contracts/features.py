@@ -1,10 +1,11 @@
-"""``results/features/…h5``: one pass of a frozen model over the stimuli, read by every encoder.
+"""``results/features/{role}/{model}.h5``: one pass of a frozen model over the stimuli, read by every encoder.
 
-Layout: ``nsd_ids (N,)`` (the stimuli's), ``pooled (N, D) float32``, ``tokens/<layer> (N, gh, gw, C) float16`` (one
-image per chunk; none for models read only pooled); attrs ``backbone`` (the spec's name as configured), ``layers``,
-``grid``, ``model_spec`` (the whole `ModelSpec` as JSON, ``kit:`` names resolved to their directory),
-``model_fingerprint`` (`models.loading.weights_fingerprint` of the module that ran) and the stamp every output
-carries.
+``{model}`` is the role's name with every run of characters outside ``[A-Za-z0-9._-]`` replaced by ``-``.
+Layout: ``nsd_ids (N,)`` (the stimuli's), ``pooled (N, D) float32``, ``tokens/<layer> (N, gh, gw, C) float16``
+(one image per chunk; none for the ``clip`` role, whose ``layers`` and ``grid`` are empty); attrs ``role``,
+``backbone`` (the spec's name as configured), ``layers``, ``grid``, ``model_spec`` (the whole `ModelSpec` as
+JSON, ``kit:`` names resolved to their directory), ``model_fingerprint`` (`models.loading.weights_fingerprint`
+of the module that ran) and the stamp every output carries.
 """
 
 from __future__ import annotations
@@ -46,18 +47,18 @@ def features_writer(
     config: dict[str, Any],
     nsd_ids: np.ndarray,
     spec: ModelSpec,
-    grid: tuple[int, int],
+    grid: tuple[int, int] | None,
     fingerprint: str,
     kit_dir: str | Path | None = None,
 ) -> Iterator[FeaturesWriter]:
     """Write a feature file atomically for the model ``spec`` names as configured (``kit_dir``: where its ``kit:``
-    name resolves); ``fingerprint`` is the loaded module's."""
+    name resolves); ``fingerprint`` is the loaded module's; ``grid`` None: pooled embeddings only, no layers."""
     with atomic_h5(path, config, UNITS) as f:
         f["nsd_ids"] = np.asarray(nsd_ids, np.int64)
         f.attrs["backbone"] = spec.name
         f.attrs["role"] = spec.role
-        f.attrs["layers"] = list(spec.layers)
-        f.attrs["grid"] = list(grid)
+        f.attrs["layers"] = list(spec.layers) if grid else []
+        f.attrs["grid"] = list(grid or ())
         f.attrs["model_spec"] = resolved_spec(spec, kit_dir).to_json()
         f.attrs["model_fingerprint"] = fingerprint
         writer = FeaturesWriter(f, len(nsd_ids))

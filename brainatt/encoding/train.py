@@ -5,9 +5,9 @@ global norm 0.1, step schedule ×0.5 every ``lr_drop`` epochs, batch 32; plus ea
 validation split carved from the training images (never the test set), keeping the best epoch's weights. The
 learning rate is 2e-3 rather than the reference 5e-4: with ~1,000 training images (nsd-synth, 2 CPU cores) 5e-4
 had not converged after 15 epochs (subj01 val r 0.44 vs 0.48 at 2e-3). The rate halves every 16 epochs, with
-patience 8 and at most 48 epochs: halving every 8 of at most 24 stopped every model at the cap, still improving,
-and the slower schedule (runs stop at epochs 28-33) gave the best mean validation r of the four schedules tried,
-+0.004-0.008 validation r on retinotopic voxels and more attention on the target objects (bench/RESULTS.md).
+patience 8 and at most 48 epochs: of the four schedules compared on the validation split this one gave the best
+mean validation r (+0.004-0.008 on retinotopic voxels against halving every 8 of at most 24 epochs, which stopped
+every model at the cap, still improving).
 
 Optional attention-entropy prior (``attention_entropy``, transformer only): from ``entropy_start`` the loss adds
 the weight times the mean entropy of the content-ROI queries' head-averaged maps, and early stopping selects only

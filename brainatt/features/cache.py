@@ -1,15 +1,16 @@
-"""Backbone feature cache: run a frozen model once over the stimuli (``results/features/…h5``, written through
-`brainatt.contracts.features`).
+"""Feature files per model role (``results/features/{role}/{model}.h5``, written through
+`brainatt.contracts.features`): a frozen model run once over the images the subjects saw.
 
-Encoders then train from the cached patch tokens for as many epochs, seeds and layers as they like (the reference
-code re-ran the backbone every epoch).
+Role ``backbone``: patch tokens of the configured layers and pooled embeddings; encoders then train from the cached
+tokens for as many epochs, seeds and layers as they like (the reference code re-ran the backbone every epoch).
+Role ``clip``: the CLIP model's image embeddings as ``pooled`` (raw, not normalised), no tokens.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,21 @@ from tqdm import tqdm
 from brainatt.contracts.features import features_writer
 from brainatt.contracts.stimuli import Stimuli
 from brainatt.images import images_to_tensor
-from brainatt.models.loading import default_device, load_backbone, weights_fingerprint
+from brainatt.models.loading import default_device, load_backbone, load_clip, weights_fingerprint
 from brainatt.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 
-def backbone_slug(name: str) -> str:
-    """A file-name-safe backbone name: ``kit:clip`` → ``kit-clip``, ``org/model`` → ``org-model``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
+def _model(
+    spec: ModelSpec, device: str, kit_dir: str | Path | None
+) -> tuple[torch.nn.Module, Callable[[torch.Tensor], dict[str | int, torch.Tensor]], tuple[int, int] | None]:
+    """The module to fingerprint, the function images → features, and the token grid (None: pooled only)."""
+    if spec.role == "clip":
+        clip = load_clip(spec, device=device, kit_dir=kit_dir)
+        return clip.model, lambda x: {"pooled": clip.encode_image(x)}, None
+    backbone = load_backbone(spec, device=device, kit_dir=kit_dir)
+    return backbone, backbone, backbone.grid
 
 
 @torch.no_grad()
@@ -40,18 +47,21 @@ def extract_features(
     kit_dir: str | Path | None = None,
     config: dict[str, Any] | None = None,
 ) -> Path:
-    """Run the backbone over every image in ``stimuli`` (images.h5) and write the feature cache to ``out``."""
+    """Run the model over every image in ``stimuli`` (images.h5) and write the feature file to ``out``.
+
+    ``spec.role`` ``backbone``: patch tokens of ``spec.layers`` and pooled embeddings; ``clip``: the CLIP image
+    embeddings only (``pooled``).
+    """
     device = device or default_device()
     source = Stimuli(stimuli)
-    backbone = load_backbone(spec, device=device, kit_dir=kit_dir)
+    model, run, grid = _model(spec, device, kit_dir)
     t0 = time.time()
-    config = config or {"backbone": spec.__dict__}
-    fingerprint = weights_fingerprint(backbone)
-    with features_writer(out, config, source.nsd_ids, spec, backbone.grid, fingerprint, kit_dir) as w:
+    config = config or {spec.role: spec.__dict__}
+    with features_writer(out, config, source.nsd_ids, spec, grid, weights_fingerprint(model), kit_dir) as w:
         progress = tqdm(total=len(source), desc=f"features {spec.name}", unit="img", mininterval=5)
         start = 0
         for _, images in source.batches(batch):
-            feats = backbone(images_to_tensor(images).to(device))
+            feats = run(images_to_tensor(images).to(device))
             w.write(start, {key: value.float().cpu().numpy() for key, value in feats.items()})
             start += len(images)
             progress.update(len(images))

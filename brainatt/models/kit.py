@@ -6,7 +6,7 @@ model (open_clip custom config; its image tower is the demo backbone), a ClipCap
 conditioned on the kit CLIP's text tower; see `brainatt.models.diffusion`), each saved in its library's own
 format so it loads through the same loaders as real pretrained models (``--parts`` retrains only some parts).
 Training data are fresh scenes from the nsd-synth generator (unlimited, same distribution as the stimuli).
-``manifest.json`` records the generator fingerprint, training configs and file hashes; a kit whose
+``manifest.json`` records the generator's version and fingerprint, training configs and file hashes; a kit whose
 fingerprint no longer matches the configured world is stale and the DAG retrains it.
 
 Training checkpoints every ``checkpoint_every`` steps under ``DIR/checkpoints/`` and resumes from there.
@@ -32,7 +32,7 @@ from brainatt import __version__
 from brainatt.images import images_to_tensor
 from brainatt.io import BrainattError, atomic_path, file_hash, write_json
 from brainatt.models.spec import SHIPPED_KIT
-from brainatt.synth.scenes import caption, render_many, sample_scene, scenes_fingerprint
+from brainatt.synth.scenes import GENERATOR_VERSION, caption, generator_fingerprint, render_many, sample_scene
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -103,8 +103,8 @@ class KitConfig:
 
 
 def kit_fingerprint(image_size: int) -> str:
-    """What a kit must match: the scene generator's output at the configured image size."""
-    return scenes_fingerprint(image_size)
+    """What a kit must match: the scene generator's version at the configured image size."""
+    return generator_fingerprint(image_size)
 
 
 def kit_is_current(kit_dir: str | Path, image_size: int) -> bool:
@@ -398,6 +398,7 @@ def train_kit(cfg: KitConfig, out: str | Path, parts: tuple[str, ...] = PARTS) -
         out / MANIFEST,
         {
             "brainatt_version": __version__,
+            "generator_version": GENERATOR_VERSION,
             "generator_fingerprint": kit_fingerprint(cfg.image_size),
             "config": config,
             "files": files,

@@ -1,10 +1,10 @@
 """One loader per model role, for pretrained hub models and local directories alike.
 
-The config names four roles (``models.clip``, ``models.backbone``, ``models.diffusion``, ``models.captioner``),
-each a `ModelSpec`. ``kit:<part>`` names a part of the shipped kit (or of a retrained one, see
-`brainatt.models.kit`). Loading always goes through the libraries' own loaders
-(``open_clip.create_model_and_transforms``, diffusers/transformers ``from_pretrained``); weights come from
-safetensors or ``torch.load(weights_only=True)`` inside those loaders, and no remote code is run.
+Each model is a `ModelSpec` with a role: the config names ``models.backbone`` and ``models.clip`` (the roles its
+rules read); the kit's diffusion model and captioner load through the same loaders. ``kit:<part>`` names a part
+of the shipped kit (or of a retrained one, see `brainatt.models.kit`). Loading always goes through the
+libraries' own loaders (``open_clip.create_model_and_transforms``, diffusers/transformers ``from_pretrained``);
+weights come from safetensors or ``torch.load(weights_only=True)`` inside those loaders, and no remote code is run.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     for key, value in module.state_dict().items():
         t = value.detach().cpu().contiguous()
         h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too (logit_scale)
     return h.hexdigest()[:16]
 
 

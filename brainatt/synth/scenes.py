@@ -9,7 +9,9 @@ world's category detector is trained on; the caption names every category presen
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -19,6 +21,9 @@ OBJECT_CATEGORIES: tuple[str, ...] = ("face", "body", "word", "food")
 PLACES: tuple[str, ...] = ("kitchen", "street", "corridor", "field")
 WORDS: tuple[str, ...] = ("stop", "open", "cafe", "exit", "hello", "sale", "park", "taxi")
 FOODS: tuple[str, ...] = ("a plate of food", "some fruit", "a pizza")
+# The generator's version lives in a JSON file so the workflow can read it at parse time without importing the package.
+GENERATOR_FILE = Path(__file__).with_name("generator.json")
+GENERATOR_VERSION: int = json.loads(GENERATOR_FILE.read_text())["version"]
 # Words that name each category in a caption: the one list that captioning metrics use.
 CATEGORY_WORDS: dict[str, tuple[str, ...]] = {
     "face": ("face",),
@@ -299,16 +304,11 @@ def render_many(scenes: list[Scene], size: int, grid: int) -> tuple[np.ndarray, 
     return images, masks
 
 
-def scenes_fingerprint(image_size: int, n: int = 24) -> str:
-    """Hash of what the scene generator draws (pixels and captions of fixed-seed scenes) at ``image_size``.
+def generator_fingerprint(image_size: int) -> str:
+    """What models trained on nsd-synth scenes record: the generator's version and the image size, hashed.
 
-    Models trained on nsd-synth images record it; it changes exactly when the generator's output changes.
+    It changes when `GENERATOR_VERSION` is bumped or the image size changes; nothing is rendered, so it does not
+    depend on Pillow or FreeType (a test pins the rendered pixels instead). ``workflow/rules/common.smk`` computes
+    the same string from ``generator.json`` at parse time.
     """
-    h = hashlib.sha256(str(image_size).encode())
-    rng = np.random.default_rng(20231)
-    for _ in range(n):
-        scene = sample_scene(rng)
-        image, _ = render(scene, image_size, max(1, image_size // 4))
-        h.update(image.tobytes())
-        h.update(caption(scene).encode())
-    return h.hexdigest()[:16]
+    return hashlib.sha256(f"nsd-synth-scenes:v{GENERATOR_VERSION}:{image_size}px".encode()).hexdigest()[:16]

@@ -547,6 +547,16 @@ def plot_voxel_scatter(
 # --- entry point ---------------------------------------------------------------------------------------------
 
 
+def scatter_pair(encoders: Sequence[str]) -> tuple[str, str] | None:
+    """The voxel scatter's encoders: the richest one (last in `ENCODER_ORDER`) against ridge on the tokens, or
+    against the simplest when ridge_tokens is not among the others; None with fewer than two encoders."""
+    ordered = _ordered(list(encoders), ENCODER_ORDER)
+    if len(ordered) < 2:
+        return None
+    rich = ordered[-1]
+    return rich, "ridge_tokens" if "ridge_tokens" in ordered[:-1] else ordered[0]
+
+
 def make_encoding_figures(
     out_dir: str | Path,
     *,
@@ -556,7 +566,7 @@ def make_encoding_figures(
     responses_h5: str | Path | None = None,
     stimuli_h5: str | Path | None = None,
     encoders: Sequence[str] = ("ridge_pooled", "ridge_tokens", "factorized", "transformer"),
-    pair: tuple[str, str] = ("transformer", "ridge_tokens"),
+    pair: tuple[str, str] | None = None,
     attention_encoder: str | None = "transformer",
     background: str | Path | None = None,
     n_top: int = 4,
@@ -567,8 +577,9 @@ def make_encoding_figures(
       subjects.
     - ``subject`` (needs ``responses_h5``; ``stimuli_h5`` for attention) → in ``{out_dir}/{subject}/``:
       ``encoding_brain_maps.png`` (one row per encoder in ``encoders``; skipped for surface data without voxel
-      coordinates), ``encoding_voxel_scatter.png`` (``pair[0]`` vs ``pair[1]``) and, unless ``attention_encoder``
-      is None, ``encoding_attention.png`` from ``{encoding_dir}/{subject}/{attention_encoder}/attention.h5``.
+      coordinates), ``encoding_voxel_scatter.png`` (``pair[0]`` vs ``pair[1]``, by default `scatter_pair`;
+      skipped with fewer than two encoders) and, unless ``attention_encoder`` is None, ``encoding_attention.png``
+      from ``{encoding_dir}/{subject}/{attention_encoder}/attention.h5``.
     """
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
@@ -580,14 +591,16 @@ def make_encoding_figures(
         raise BrainattError(f"figures for {subject} need its responses.h5 (results/prep/{subject}/responses.h5)")
     enc_dir = Path(encoding_dir) / subject
     sub_dir = out_dir / subject
-    needed = [*encoders, *pair, *([attention_encoder] if attention_encoder else [])]
+    pair = pair or scatter_pair(encoders)
+    needed = [*encoders, *(pair or ()), *([attention_encoder] if attention_encoder else [])]
     scores = {e: read_voxel_scores(enc_dir / e / VOXEL_SCORES) for e in dict.fromkeys(needed)}
     if read_responses(responses_h5, betas=False).voxels.has_volume:
         written["brain_maps"] = plot_brain_maps(
             {e: scores[e] for e in encoders}, responses_h5, sub_dir / FIGURES["brain_maps"], background
         )
-    plot_voxel_scatter(scores[pair[0]], scores[pair[1]], sub_dir / FIGURES["scatter"], names=pair)
-    written["scatter"] = sub_dir / FIGURES["scatter"]
+    if pair is not None:
+        plot_voxel_scatter(scores[pair[0]], scores[pair[1]], sub_dir / FIGURES["scatter"], names=pair)
+        written["scatter"] = sub_dir / FIGURES["scatter"]
     if attention_encoder is not None:
         att = enc_dir / attention_encoder / ATTENTION
         pred = enc_dir / attention_encoder / TEST_PRED

@@ -1,12 +1,14 @@
+# Parse-time helpers. Nothing here imports the brainatt package (or torch): parsing stays fast, and per-rule
+# software environments work, since the package is needed only inside the jobs.
+import hashlib
 import json
-
-from brainatt.features.cache import backbone_slug
-from brainatt.models.kit import kit_in_use
-from brainatt.models.spec import SHIPPED_KIT
+import re
+from pathlib import Path
 
 DATASET = config["dataset"]
 SUBJECTS = DATASET["subjects"]
 CONDA_ENV = "../../envs/brainatt.yaml"
+PACKAGE = Path(workflow.basedir) / "brainatt"
 
 
 wildcard_constraints:
@@ -14,35 +16,82 @@ wildcard_constraints:
     encoder="|".join(config["encoding"]["encoders"]),
 
 
+def slug(name):
+    """A file-name-safe model name: `kit:clip` → `kit-clip`, `org/model` → `org-model`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
+
+
+def generator_fingerprint(image_size):
+    """`brainatt.synth.scenes.generator_fingerprint`, computed from the same generator.json without importing it."""
+    version = json.loads((PACKAGE / "synth/generator.json").read_text())["version"]
+    return hashlib.sha256(f"nsd-synth-scenes:v{version}:{image_size}px".encode()).hexdigest()[:16]
+
+
+def kit_in_use(image_size):
+    """`brainatt.models.kit.kit_in_use`: the shipped kit when its manifest records the generator fingerprint at
+    this image size, else the one rule `kit` trains into results/kit (a kit trained on another world is stale)."""
+    manifest = PACKAGE / "kit/manifest.json"
+    recorded = json.loads(manifest.read_text()).get("generator_fingerprint") if manifest.exists() else None
+    return str(PACKAGE / "kit") if recorded == generator_fingerprint(image_size) else "results/kit"
+
+
 KIT_SPEC = {"image_size": config.get("synth", {}).get("image_size", 64), **config.get("kit", {})}
-# A kit trained on another world (or another generator version) is stale: retrain it instead of using it.
-KIT_DIR = str(kit_in_use(KIT_SPEC["image_size"]))
+KIT_DIR = kit_in_use(KIT_SPEC["image_size"])
 
 
 def kit_input(wildcards=None):
-    return [] if KIT_DIR == str(SHIPPED_KIT) else KIT_DIR
+    return [] if KIT_DIR == str(PACKAGE / "kit") else KIT_DIR
 
 
-def backbone_kit_input(wildcards=None):
-    """A kit backbone needs the (possibly retrained) kit; a pretrained one needs nothing from the DAG."""
-    return kit_input() if config["models"]["backbone"]["name"].startswith("kit:") else []
+# Feature files per model role: results/features/{role}/{slug of the role's model name}.h5.
+FEATURE_ROLES = ("backbone", "clip")
+FEATURES = {role: f"results/features/{role}/{slug(config['models'][role]['name'])}.h5" for role in FEATURE_ROLES}
 
 
-BACKBONE = backbone_slug(config["models"]["backbone"]["name"])
+def features_kit_input(wildcards):
+    """A kit model needs the (possibly retrained) kit; a pretrained one needs nothing from the DAG."""
+    name = config["models"][wildcards.role]["name"]
+    if slug(name) != wildcards.slug:
+        raise ValueError(f"models.{wildcards.role} is {name!r}: its features file is {FEATURES[wildcards.role]}")
+    return kit_input() if name.startswith("kit:") else []
+
+
 ENCODERS = config["encoding"]["encoders"]
-GROUND_TRUTH = f"{DATASET['root']}/ground_truth"  # inside the synthesize output: nsd-synth's noise-free truth
-# Routing is scored against nsd-synth's ground truth, for the transformer's attention.
-ROUTING = "synth" in config and "transformer" in ENCODERS
+# Each encoder's own settings section; an encoder's params are these plus the sections' shared keys, so changing
+# one encoder's settings reruns only that encoder.
+ENCODER_SECTION = {
+    "transformer": "transformer",
+    "factorized": "factorized",
+    "ridge_pooled": "ridge",
+    "ridge_tokens": "ridge",
+}
+SHARED_ENCODING = {
+    k: v for k, v in config["encoding"].items() if k != "encoders" and k not in ENCODER_SECTION.values()
+}
+
+
+def encoder_settings(wildcards):
+    section = ENCODER_SECTION[wildcards.encoder]
+    return json.dumps({**SHARED_ENCODING, section: config["encoding"].get(section, {})}, sort_keys=True)
+
+
+SYNTH = "synth" in config
+# nsd-synth's noise-free truth sits inside the synthesize output and is matched to voxels by their volume
+# coordinates: only a simulated NSD-layout world is scored against it.
+TRUTH = SYNTH and DATASET["layout"] == "nsd"
+GROUND_TRUTH = f"{DATASET['root']}/ground_truth"
+# Routing is scored against the truth, for the transformer's attention.
+ROUTING = TRUTH and "transformer" in ENCODERS
 SUBJECT_FIGURES = [
-    *(["encoding_brain_maps.png"] if DATASET["layout"] == "nsd" else []),
-    "encoding_voxel_scatter.png",
+    *(["encoding_brain_maps.png"] if DATASET["layout"] == "nsd" else []),  # volume data only
+    *(["encoding_voxel_scatter.png"] if len(ENCODERS) >= 2 else []),
     *(["encoding_attention.png"] if "transformer" in ENCODERS else []),
 ]
 
 
 def dataset_input(wildcards=None):
     """The simulated dataset when the config has a synth section; real data needs no rule."""
-    return DATASET["root"] if "synth" in config else []
+    return DATASET["root"] if SYNTH else []
 
 
 def all_outputs():
@@ -50,7 +99,7 @@ def all_outputs():
         *expand("results/prep/{subject}/responses.h5", subject=SUBJECTS),
         "results/stimuli/images.h5",
         "results/tables/prep.tsv",
-        *(["results/tables/kit_quality.tsv"] if "synth" in config else []),
+        *(["results/tables/kit_quality.tsv"] if SYNTH else []),
         "results/tables/encoding.tsv",
         *expand("results/figures/{subject}/{figure}", subject=SUBJECTS, figure=SUBJECT_FIGURES),
     ]

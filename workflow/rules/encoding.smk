@@ -4,16 +4,18 @@
 rule features:
     input:
         stimuli="results/stimuli/images.h5",
-        kit=backbone_kit_input,
+        kit=features_kit_input,
     output:
-        f"results/features/{BACKBONE}.h5",
+        "results/features/{role}/{slug}.h5",
+    wildcard_constraints:
+        role="|".join(FEATURE_ROLES),
     params:
-        model=json.dumps(config["models"]["backbone"], sort_keys=True),
+        model=lambda wc: json.dumps(config["models"][wc.role], sort_keys=True),
         kit=KIT_DIR,
     log:
-        f"logs/features/{BACKBONE}.log",
+        "logs/features/{role}/{slug}.log",
     benchmark:
-        f"benchmarks/features/{BACKBONE}.tsv"
+        "benchmarks/features/{role}/{slug}.tsv"
     threads: 2
     resources:
         mem_mb=8000,
@@ -22,20 +24,20 @@ rule features:
     conda:
         CONDA_ENV
     shell:
-        "brainatt features --stimuli {input.stimuli} --model {params.model:q} --kit {params.kit:q} "
-        "--out {output} > {log} 2>&1"
+        "brainatt features --role {wildcards.role} --stimuli {input.stimuli} --model {params.model:q} "
+        "--kit {params.kit:q} --out {output} > {log} 2>&1"
 
 
 rule encode:
     input:
         responses="results/prep/{subject}/responses.h5",
-        features=f"results/features/{BACKBONE}.h5",
+        features=FEATURES["backbone"],
         dataset=dataset_input,
     output:
         directory("results/encoding/{subject}/{encoder}"),
     params:
-        config=json.dumps(config["encoding"], sort_keys=True),
-        truth=lambda wc: f"--truth {GROUND_TRUTH}/{wc.subject}.h5" if "synth" in config else "",
+        config=encoder_settings,
+        truth=lambda wc: f"--truth {GROUND_TRUTH}/{wc.subject}.h5" if TRUTH else "",
     log:
         "logs/encode/{subject}/{encoder}.log",
     benchmark:

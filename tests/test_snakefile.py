@@ -1,0 +1,137 @@
+"""What the Snakefile decides at parse time, checked with dry runs: no heavy imports, the kit choice, per-encoder
+params, and real-data configs that plan no simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from brainatt.models.kit import kit_in_use
+from brainatt.synth.world import WorldSpec
+
+REPO = Path(__file__).resolve().parents[1]
+SIMULATOR_RULES = ("synthesize", "kit_eval", "kit")
+
+
+def _run(cwd: Path, *args: str, python: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, *python, "-m", "snakemake", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _demo_dry_run(
+    *args: str, python: tuple[str, ...] = (), override: dict | None = None, tmp: Path | None = None
+) -> str:
+    """A dry run of the demo from the repository root (shell commands printed), with ``override`` merged into the
+    demo config; its whole output."""
+    configs = ()
+    if override:
+        (tmp / "override.yaml").write_text(yaml.safe_dump(override))
+        configs = ("--configfile", "config/config.yaml", str(tmp / "override.yaml"))
+    run = _run(REPO, "-n", "-p", "--cores", "1", *args, *configs, python=python)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout + run.stderr
+
+
+def _planned_rules(output: str) -> set[str]:
+    return set(re.findall(r"^rule (\w+):", output, re.M)) | set(re.findall(r"^localrule (\w+):", output, re.M))
+
+
+def test_parsing_imports_neither_the_package_nor_torch() -> None:
+    imported = _demo_dry_run(python=("-X", "importtime"))
+    modules = {m.group(1) for m in re.finditer(r"^import time:.*\|\s+([\w.]+)\s*$", imported, re.M)}
+    assert modules, "no -X importtime output"
+    assert not {m for m in modules if m.split(".")[0] in ("torch", "brainatt")}
+
+
+@pytest.mark.parametrize("image_size", [64, 32])
+def test_parse_time_kit_choice_equals_kit_in_use(image_size: int, tmp_path: Path) -> None:
+    output = _demo_dry_run(
+        "results/tables/kit_quality.tsv", override={"synth": {"image_size": image_size}}, tmp=tmp_path
+    )
+    kit = re.search(r"brainatt kit-eval --kit '?([^' ]+)'?", output).group(1)
+    assert kit == str(kit_in_use(image_size))
+    assert ("kit" in _planned_rules(output)) == (kit == "results/kit")  # a stale kit is retrained first
+
+
+def _encode_settings(output: str) -> dict[str, dict]:
+    """Each encoder's --config JSON, from the dry run's printed encode commands (subject subj01)."""
+    settings = {}
+    for m in re.finditer(r"--encoder (\w+) --config '(\{.*?\})'", output):
+        settings.setdefault(m.group(1), json.loads(m.group(2)))
+    return settings
+
+
+def test_encode_params_hold_only_the_encoders_own_section(tmp_path: Path) -> None:
+    base = _encode_settings(_demo_dry_run())
+    assert set(base) == {"transformer", "factorized", "ridge_pooled", "ridge_tokens"}
+    assert base["transformer"] == {"seeds": [0], "transformer": {"patience": 5}}
+    assert base["ridge_pooled"] == base["ridge_tokens"] == {"seeds": [0], "ridge": {}}
+    changed = _encode_settings(_demo_dry_run(override={"encoding": {"transformer": {"patience": 7}}}, tmp=tmp_path))
+    assert {e for e in base if base[e] != changed[e]} == {"transformer"}  # only the transformer reruns
+    shared = _encode_settings(_demo_dry_run(override={"encoding": {"split_seed": 3}}, tmp=tmp_path))
+    assert all(shared[e] != base[e] for e in base)  # a shared key reruns every encoder
+
+
+def test_clip_features_are_buildable_on_request() -> None:
+    output = _demo_dry_run("results/features/clip/kit-clip.h5")
+    assert "brainatt features --role clip" in output and "results/features/clip" not in _demo_dry_run()
+    wrong = _run(REPO, "-n", "--cores", "1", "results/features/clip/ViT-B-16.h5")
+    assert wrong.returncode != 0 and "results/features/clip/kit-clip.h5" in wrong.stdout + wrong.stderr
+
+
+def _copy_workflow(dest: Path) -> Path:
+    """The repository's workflow files (what a user runs from the repository root), without results."""
+    for name in ("Snakefile", "workflow", "config", "profiles", "envs"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    for data in ("brainatt/kit/manifest.json", "brainatt/synth/generator.json"):
+        (dest / data).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / data, dest / data)
+    return dest
+
+
+@pytest.mark.parametrize(("configfile", "layout"), [("config/nsd.yaml", "nsd"), ("config/algonauts.yaml", "algonauts")])
+def test_readme_command_on_real_data_plans_no_simulator(tiny_world: Path, tmp_path: Path, configfile: str, layout: str):
+    """`snakemake --configfile config/<real>.yaml --cores all` reads only that config (not the demo's).
+
+    The data root holds a small tree of the config's layout at the config's path; no --config overrides are needed
+    because a dry run reads nothing from the data root (the config lists subjects the tree lacks, which is fine).
+    """
+    work = _copy_workflow(tmp_path)
+    root = work / yaml.safe_load((work / configfile).read_text())["dataset"]["root"]
+    root.parent.mkdir(parents=True)
+    if layout == "nsd":
+        root.symlink_to(tiny_world, target_is_directory=True)
+    else:
+        from brainatt.synth.algonauts import write_synth_algonauts
+
+        write_synth_algonauts(_TINY_ALGONAUTS, root)
+    run = _run(work, "--configfile", configfile, "--cores", "all", "-n", "-p")
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    rules = _planned_rules(output)
+    assert {"preprocess", "stimuli", "features", "encode", "encoding_summary", "encoding_figures"} <= rules
+    assert not rules & set(SIMULATOR_RULES)
+    assert "ground_truth" not in output and "--truth" not in output and "config/config.yaml" not in output
+    assert "results/features/backbone/facebook-dinov2-base.h5" in output
+
+
+_TINY_ALGONAUTS = WorldSpec(
+    seed=3,
+    n_subjects=2,
+    n_train=60,
+    n_shared=20,
+    image_size=32,
+    trials_per_session=48,
+    sessions_kept=(1.0, 0.8),
+    voxel_mm=6.0,
+)
