@@ -42,7 +42,7 @@ class DiveConfig:
     encoder: str = "ridge_pooled"
     rois: tuple[str, ...] = ("faces", "bodies", "places", "words", "food")
     hemi: str = "both"
-    n_seeds: int = 20
+    n_seeds: int = 10
     first_seed: int = 0
     gamma: float = 100.0
     gamma_sweep: bool = True
@@ -59,7 +59,9 @@ class DiveConfig:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> DiveConfig:
+        """The section as the config holds it (unknown keys raise; ``subjects`` is a workflow setting)."""
         known = {f.name for f in dataclasses.fields(cls)}
+        cfg = {k: v for k, v in cfg.items() if k != "subjects"}  # which subjects the workflow runs
         unknown = set(cfg) - known
         if unknown:
             raise BrainattError(f"braindive: unknown settings {sorted(unknown)}; known: {sorted(known)}")
