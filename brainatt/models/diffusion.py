@@ -181,12 +181,15 @@ def make_sampler(model: DiffusionModel, name: str, steps: int) -> Any:
 
 
 def unconditional(model: DiffusionModel, n: int) -> torch.Tensor:
-    """The unconditional conditioning for ``n`` images: zero CLIP embeddings (the kit) or the empty prompt."""
+    """The unconditional conditioning for ``n`` images: zero CLIP embeddings (the kit), the empty prompt's token
+    states, or zero token states for a model conditioned on given ``embeddings``."""
     device = next(model.unet.parameters()).device
+    cfg = model.unet.config
     if model.conditioning == "clip":
-        cfg = model.unet.config
         dim = cfg.projection_class_embeddings_input_dim or cfg.cross_attention_dim
         return torch.zeros(n, dim, device=device)
+    if model.conditioning == "embeddings":  # token states given directly (random-weight models): zero states
+        return torch.zeros(n, int(model.info.get("context_length", 77)), cfg.cross_attention_dim, device=device)
     return encode_prompts(model, [""] * n)[1]
 
 
