@@ -220,3 +220,11 @@ def test_guided_images_raise_the_true_response_of_the_target(fitted: dict[str, P
     assert kept["true_food"] > base["true_food"]
     gains = pd.Series(summary.loc[("food", "guided"), "pred_food"])
     assert gains.is_monotonic_increasing
+
+    from brainatt.viz.braindive import write_galleries
+
+    index = write_galleries(scores.images, summary.reset_index(), cfg, fitted["dir"] / "galleries")
+    page = index.parent / "subj01" / "food"
+    assert 'href="subj01/food/index.html"' in index.read_text() and (page / "grid.png").exists()
+    linked = [line.split('"')[0] for line in (page / "index.html").read_text().split('src="')[1:]]
+    assert linked and all((page / src).exists() for src in linked)  # relative links, pages open from disk
