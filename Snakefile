@@ -23,9 +23,11 @@ include: "workflow/rules/synth.smk"
 include: "workflow/rules/prep.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/encoding.smk"
+include: "workflow/rules/braindive.smk"
 
 
 rule all:
     default_target: True
     input:
         all_outputs(),
+        BRAINDIVE_OUTPUTS,

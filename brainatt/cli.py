@@ -140,6 +140,62 @@ def cmd_synth_detector(args: argparse.Namespace) -> None:
     print(json.dumps(scores, indent=1))
 
 
+def cmd_braindive(args: argparse.Namespace) -> None:
+    from brainatt.braindive.pipeline import DiveConfig, generate
+    from brainatt.models.loading import default_device
+    from brainatt.models.spec import ModelSpec
+
+    generate(
+        args.encoder,
+        args.responses,
+        args.out,
+        args.subject,
+        args.target,
+        DiveConfig.from_config(json.loads(args.config)),
+        ModelSpec.from_config("diffusion", json.loads(args.diffusion)),
+        ModelSpec.from_config("clip", json.loads(args.clip)) if args.clip else None,
+        kit_dir=args.kit,
+        device=default_device(),
+    )
+
+
+def cmd_braindive_eval(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from brainatt.braindive.evaluate import must_shows, read_manifests, score_subject, summarize
+    from brainatt.braindive.pipeline import DiveConfig
+    from brainatt.encoding.summary import write_tsv
+    from brainatt.models.loading import load_clip
+    from brainatt.models.spec import ModelSpec
+    from brainatt.viz.braindive import plot_cross_activation, plot_gamma, write_galleries
+
+    cfg = DiveConfig.from_config(json.loads(args.config))
+    if not len(args.subjects) == len(args.responses) == len(args.encoders):
+        raise BrainattError("braindive-eval: give one --responses file and one --encoders folder per subject")
+    truth = None
+    if args.ground_truth:
+        from brainatt.truth.braindive import true_brains
+
+        truth = true_brains(args.ground_truth)
+    clip = load_clip(ModelSpec.from_config("clip", json.loads(args.clip)), kit_dir=args.kit) if args.clip else None
+    manifests = read_manifests(args.runs)
+    scores = {}
+    for subject, responses, encoder in zip(args.subjects, args.responses, args.encoders, strict=True):
+        if subject not in manifests:
+            raise BrainattError(f"braindive-eval: no run of {subject} among --runs: add its braindive folders")
+        scores[subject] = score_subject(
+            subject, manifests[subject], responses, args.stimuli, encoder, cfg, clip, truth, args.kit
+        )
+    summary = summarize(scores, cfg)
+    write_tsv(summary, args.table)
+    images = pd.concat([s.images for s in scores.values()], ignore_index=True)
+    write_tsv(images, args.images_table)
+    plot_cross_activation(summary, cfg, args.cross_figure)
+    plot_gamma(summary, cfg, args.gamma_figure)
+    write_galleries(images, summary, cfg, args.galleries)
+    print(must_shows(summary, cfg).round(3).to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brainatt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"brainatt {__version__}")
@@ -229,6 +285,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses", required=True, help="the subject's responses.h5")
     p.add_argument("--stimuli", required=True, help="images.h5 (for attention overlays)")
     p.add_argument("--out-dir", required=True, help="figures folder; files land in OUT_DIR/SUBJECT/")
+
+    p = add("braindive", cmd_braindive, "brain-guided diffusion toward one subject's ROI → images + manifest.tsv")
+    p.add_argument("--encoder", required=True, help="the subject's saved encoder folder (results/encoding/...)")
+    p.add_argument("--responses", required=True, help="the subject's responses.h5 (voxel ROIs)")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--target", required=True, help="an ROI of braindive.rois, or 'unguided' (the γ = 0 baseline)")
+    p.add_argument("--config", default="{}", help="JSON object of braindive settings (config section 'braindive')")
+    p.add_argument("--diffusion", required=True, help="JSON model spec (config models.diffusion)")
+    p.add_argument("--clip", help="JSON model spec (config models.clip): the prompt's encoder when there is one")
+    p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+
+    p = add("braindive-eval", cmd_braindive_eval, "score brain-guided images → tables, figures, galleries")
+    p.add_argument("--runs", nargs="+", required=True, help="braindive output folders (every subject × target)")
+    p.add_argument("--subjects", nargs="+", required=True)
+    p.add_argument("--responses", nargs="+", required=True, help="each subject's responses.h5, in that order")
+    p.add_argument("--encoders", nargs="+", required=True, help="each subject's guiding encoder folder")
+    p.add_argument("--stimuli", required=True, help="images.h5 (the natural test images)")
+    p.add_argument("--config", default="{}", help="JSON object of braindive settings (config section 'braindive')")
+    p.add_argument("--clip", help="JSON model spec (config models.clip) for the zero-shot categories")
+    p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")
+    p.add_argument("--ground-truth", help="nsd-synth ground_truth/ folder: adds the true activations")
+    p.add_argument("--table", required=True, help="braindive.tsv to write (per subject × target × image set)")
+    p.add_argument("--images-table", required=True, help="per-image manifest with every activation")
+    p.add_argument("--cross-figure", required=True)
+    p.add_argument("--gamma-figure", required=True)
+    p.add_argument("--galleries", required=True, help="galleries folder (results/galleries/braindive)")
 
     p = add(
         "synth-detector",

@@ -1,7 +1,8 @@
 """Text-conditioned diffusion: the kit denoiser's recipe, its training loss, and the one sampling loop.
 
 Kept apart, diffusers style: `build_unet` (the model), `make_train_scheduler` (DDPM; saved as DDIM for
-sampling), `denoising_loss` (one training step's loss) and `sample` (DDIM with classifier-free guidance).
+sampling), `denoising_loss` (one training step's loss) and `sample` (DDIM or DPM-Solver++, classifier-free guidance,
+gradient guidance).
 
 How text conditions the UNet (``brainatt.json`` in the model folder):
 
@@ -157,48 +158,126 @@ def encode_prompts(
 
 
 # -------------------------------------------------------------------------------------------------- sampling
+SCHEDULERS = ("ddim", "dpm++2m")
+
+
+def make_sampler(model: DiffusionModel, name: str, steps: int) -> Any:
+    """The model's noise schedule as a sampler: ``ddim`` or ``dpm++2m`` (DPM-Solver++, 2nd-order multistep).
+
+    The sampler always receives ε (`sample` converts a v-prediction UNet's output), so it is built for ε.
+    """
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    if name == "ddim":
+        scheduler = DDIMScheduler.from_config(model.scheduler.config, prediction_type="epsilon")
+    elif name == "dpm++2m":
+        scheduler = DPMSolverMultistepScheduler.from_config(
+            model.scheduler.config, algorithm_type="dpmsolver++", solver_order=2, prediction_type="epsilon"
+        )
+    else:
+        raise BrainattError(f"unknown scheduler {name!r}: choose from {', '.join(SCHEDULERS)}")
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def unconditional(model: DiffusionModel, n: int) -> torch.Tensor:
+    """The unconditional conditioning for ``n`` images: zero CLIP embeddings (the kit), the empty prompt's token
+    states, or zero token states for a model conditioned on given ``embeddings``."""
+    device = next(model.unet.parameters()).device
+    cfg = model.unet.config
+    if model.conditioning == "clip":
+        dim = cfg.projection_class_embeddings_input_dim or cfg.cross_attention_dim
+        return torch.zeros(n, dim, device=device)
+    if model.conditioning == "embeddings":  # token states given directly (random-weight models): zero states
+        return torch.zeros(n, int(model.info.get("context_length", 77)), cfg.cross_attention_dim, device=device)
+    return encode_prompts(model, [""] * n)[1]
+
+
+def initial_noise(model: DiffusionModel, seeds: Sequence[int]) -> torch.Tensor:
+    """One noise tensor per seed, each from its own generator: an image depends on its seed, not on its batch."""
+    shape = model_shape(model)
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
 def sample(
     model: DiffusionModel,
-    prompts: list[str],
+    prompts: list[str] | None,
     clip: ClipModel | None = None,
     *,
     steps: int = 50,
     guidance_scale: float = 3.0,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
     image_size: int | None = 64,
     guide: Guide | None = None,
     guide_scale: float = 0.0,
     eta: float = 0.0,
+    scheduler: str = "ddim",
+    reuse_eps: bool = True,
 ) -> torch.Tensor:
-    """DDIM with classifier-free guidance → images (B,3,image_size,image_size) in [0,1].
+    """DDIM or DPM-Solver++(2M) → images (B,3,image_size,image_size) in [0,1].
 
-    Seeded: the same (model, prompts, seed) gives the same images. ``guide`` is the hook for gradient guidance
-    (BrainDiVE): at each step the predicted clean image x̂₀ (decoded, resized to ``image_size``) is scored by
-    ``guide(images, t)`` and the noise prediction is shifted against the score's gradient with respect to the
-    current sample, ε ← ε − ``guide_scale``·√(1−ᾱₜ)·∇ score (classifier guidance, Dhariwal & Nichol 2021).
+    ``prompts``: one per image, with classifier-free guidance at ``guidance_scale`` (1 = the conditional branch
+    alone); ``None`` samples unconditionally (zero conditioning or the empty prompt), one image per seed.
+    ``seeds``: one per image, each image's noise drawn from its own generator (the same seed gives the same
+    image in any batch); otherwise the batch is drawn from one generator seeded with ``seed``. ε- and
+    v-prediction UNets are both sampled in ε (v is converted with the schedule).
+
+    ``guide`` is the hook for gradient guidance (BrainDiVE): at each step the predicted clean image x̂₀ (decoded,
+    resized to ``image_size``) is scored by ``guide(images, t)`` (per image, to increase) and the noise
+    prediction is shifted against the score's gradient with respect to the current sample,
+    ε ← ε − ``guide_scale``·√(1−ᾱₜ)·∇ score (classifier guidance, Dhariwal & Nichol 2021); the gradient flows
+    through the UNet, the decoder, the resize and the scorer. With ``reuse_eps`` the guidance pass's ε is also the
+    step's (one UNet forward and backward per step); without it, a separate gradient-free pass gives the step's ε
+    (the reference's order). With ``guide_scale`` 0 both give the unguided images exactly.
     """
-    from diffusers import DDIMScheduler
+    sampler = make_sampler(model, scheduler, steps)
+    device, dtype = next(model.unet.parameters()).device, next(model.unet.parameters()).dtype
+    if prompts is None:
+        if seeds is None:
+            raise BrainattError("unconditional sampling needs seeds: one per image")
+        context, scale = unconditional(model, len(seeds)), 1.0
+    else:
+        cond, uncond = encode_prompts(model, prompts, clip)
+        context = cond if guidance_scale == 1 else torch.cat([uncond, cond])
+        scale = guidance_scale
+    context = context.to(device, dtype)
+    if seeds is not None:
+        if prompts is not None and len(seeds) != len(prompts):
+            raise BrainattError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one seed per prompt")
+        generator = torch.Generator().manual_seed(int(seeds[0]))
+        z = initial_noise(model, seeds)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        z = torch.randn((len(prompts), *model_shape(model)), generator=generator)
+    z = z.to(device, dtype) * sampler.init_noise_sigma
+    v_prediction = model.scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
+    step_kwargs = {"eta": eta, "generator": generator} if scheduler == "ddim" else {"generator": generator}
 
-    scheduler = DDIMScheduler.from_config(model.scheduler.config)
-    scheduler.set_timesteps(steps)
-    cond, uncond = encode_prompts(model, prompts, clip)
-    device, dtype = cond.device, next(model.unet.parameters()).dtype
-    generator = torch.Generator().manual_seed(seed)
-    z = torch.randn((len(prompts), *model_shape(model)), generator=generator).to(device, dtype)
-    z = z * scheduler.init_noise_sigma
-    both = torch.cat([uncond, cond]).to(dtype)
-    for t in scheduler.timesteps:
-        with torch.set_grad_enabled(guide is not None):
-            z_in = z.detach().requires_grad_(guide is not None)
-            x = scheduler.scale_model_input(torch.cat([z_in, z_in]), t)
-            eps_u, eps_c = model.unet(x, t, **unet_conditioning(model.unet, both)).sample.chunk(2)
-            eps = eps_u + guidance_scale * (eps_c - eps_u)
-            if guide is not None:
-                alpha = scheduler.alphas_cumprod[int(t)].to(device)
-                x0 = (z_in - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+    def predict(x: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        x_in = sampler.scale_model_input(x, t)
+        if len(context) == len(x):
+            out = model.unet(x_in, t, **unet_conditioning(model.unet, context)).sample
+        else:
+            out_u, out_c = model.unet(
+                torch.cat([x_in, x_in]), t, **unet_conditioning(model.unet, context)
+            ).sample.chunk(2)
+            out = out_u + scale * (out_c - out_u)
+        return alpha.sqrt() * out + (1 - alpha).sqrt() * x if v_prediction else out
+
+    for t in sampler.timesteps:
+        alpha = model.scheduler.alphas_cumprod[int(t)].to(device, dtype)
+        if guide is None or not reuse_eps:
+            with torch.no_grad():
+                eps = predict(z, t, alpha)
+        if guide is not None:
+            with torch.enable_grad():
+                z_in = z.detach().requires_grad_(True)
+                eps_g = predict(z_in, t, alpha)
+                x0 = (z_in - (1 - alpha).sqrt() * eps_g) / alpha.sqrt()
                 score = guide(from_model_space(model, x0, image_size), t).sum()
                 (grad,) = torch.autograd.grad(score, z_in)
-                eps = eps - guide_scale * (1 - alpha).sqrt() * grad
-        z = scheduler.step(eps.detach(), t, z, eta=eta, generator=generator).prev_sample
+            eps = (eps_g.detach() if reuse_eps else eps) - guide_scale * (1 - alpha).sqrt() * grad
+        z = sampler.step(eps, t, z, **step_kwargs).prev_sample
     with torch.no_grad():
         return from_model_space(model, z, image_size).float()
