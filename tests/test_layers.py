@@ -34,8 +34,9 @@ ALLOWED: dict[str, set[str]] = {
     "brainatt.features": {*MODELS, "brainatt.contracts"},
     "brainatt.encoding": {*MODELS, "brainatt.contracts"},
     "brainatt.synth": {*BOTTOM, "brainatt.contracts", "brainatt.nsd", "brainatt.prep"},
+    "brainatt.scuba": {*MODELS, "brainatt.contracts", "brainatt.encoding"},
     "brainatt.truth": {*MODELS, "brainatt.contracts", "brainatt.encoding", "brainatt.synth"},
-    "brainatt.viz": {*BOTTOM, "brainatt.contracts", "brainatt.nsd", "brainatt.encoding"},
+    "brainatt.viz": {*BOTTOM, "brainatt.contracts", "brainatt.nsd", "brainatt.encoding", "brainatt.scuba"},
     "brainatt.cli": {"brainatt"},  # the top: everything, each stage imported inside its command
     "brainatt.__main__": {"brainatt.cli"},
 }
