@@ -87,7 +87,7 @@ def _project_stream(
     w: torch.Tensor, dirs: torch.Tensor, nrm: torch.Tensor, beta: float, chunk: int, floor: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Softmax over all candidates (or, with ``floor``, those at least that similar), streamed with a running
-    maximum."""
+    maximum; sums across chunks are kept in float64."""
     m = torch.full((len(w),), -torch.inf, dtype=torch.float64)
     z = torch.zeros(len(w), dtype=torch.float64)
     d = torch.zeros(w.shape, dtype=torch.float64)
@@ -95,15 +95,15 @@ def _project_stream(
     for c0 in range(0, len(dirs), chunk):
         e = dirs[c0 : c0 + chunk]
         s = w @ e.T
-        logits = (beta * s).double()
+        logits = beta * s
         if floor is not None:
             logits = logits.masked_fill(s < floor[:, None], -torch.inf)
-        m_new = torch.maximum(m, logits.max(1).values)
+        m_new = torch.maximum(m, logits.max(1).values.double())
         scale = torch.exp(m - m_new).nan_to_num(0.0)
-        p = torch.exp(logits - m_new[:, None]).nan_to_num(0.0)
-        z = z * scale + p.sum(1)
-        d = d * scale[:, None] + p @ e.double()
-        r = r * scale + p @ nrm[c0 : c0 + chunk].double()
+        p = torch.exp(logits - m_new[:, None].float()).nan_to_num(0.0)  # in [0, 1]: float32 suffices per chunk
+        z = z * scale + p.sum(1, dtype=torch.float64)
+        d = d * scale[:, None] + (p @ e).double()
+        r = r * scale + (p @ nrm[c0 : c0 + chunk]).double()
         m = m_new
     return _finish(d / z[:, None], r / z).float()
 
