@@ -83,6 +83,7 @@ class PrefixCaptioner(nn.Module):
             pad_token_id=self.tokenizer.pad_token_id,
             do_sample=False,
             length_penalty=1.0,
+            early_stopping=True,
             use_cache=use_cache,
         )
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]

@@ -57,6 +57,7 @@ class ScubaConfig:
     num_beams: int = 5
     max_new_tokens: int = 40
     caption_batch: int = 256
+    voxels_per_roi: int | None = None
     synth_voxels: int = 8
     synth_steps: int = 50
     guidance_scale: float = 3.0
@@ -109,12 +110,21 @@ def caption_embeddings(captioner: Any, embeddings: np.ndarray, cfg: ScubaConfig)
     return out
 
 
-def _captions_table(sub: SubjectData, enc: VoxelEncoder, cats: np.ndarray, captions: list[list[str]]) -> pd.DataFrame:
-    v = np.arange(sub.n_voxels)
-    ijk = sub.ijk if sub.ijk is not None else np.full((sub.n_voxels, 3), -1)
-    voxel = {"voxel": v, "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2], "hemi": sub.hemi, "roi": sub.roi,
-             "category": cats}  # fmt: skip
-    scores = {"r": enc.r.round(4), "nc": sub.nc.round(2), "nc_norm": np.round(enc.nc_norm, 4)}
+def captioned_voxels(sub: SubjectData, r: np.ndarray, per_roi: int | None) -> np.ndarray:
+    """The voxels to caption: all, or the ``per_roi`` best-predicted (test r) of each ROI."""
+    if per_roi is None:
+        return np.arange(sub.n_voxels)
+    keep = [np.flatnonzero(sub.roi == roi)[np.argsort(-r[sub.roi == roi])[:per_roi]] for roi in np.unique(sub.roi)]
+    return np.sort(np.concatenate(keep))
+
+
+def _captions_table(
+    sub: SubjectData, enc: VoxelEncoder, cats: np.ndarray, v: np.ndarray, captions: list[list[str]]
+) -> pd.DataFrame:
+    ijk = sub.ijk[v] if sub.ijk is not None else np.full((len(v), 3), -1)
+    voxel = {"voxel": v, "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2], "hemi": sub.hemi[v], "roi": sub.roi[v],
+             "category": cats[v]}  # fmt: skip
+    scores = {"r": enc.r[v].round(4), "nc": sub.nc[v].round(2), "nc_norm": np.round(enc.nc_norm[v], 4)}
     frames = [pd.DataFrame({**voxel, "repeat": rep, "caption": caps, **scores}) for rep, caps in enumerate(captions)]
     return pd.concat(frames, ignore_index=True)
 
@@ -180,18 +190,19 @@ def run_scuba(
     t = time.time()
     dirs, norms = load_candidates(candidates)
     subsets = disjoint_subsets(len(dirs), cfg.repeats, cfg.seed)
+    v = captioned_voxels(sub, enc.r, cfg.voxels_per_roi)
     projections = [
-        project(enc.weights, dirs[s], norms[s], beta=cfg.beta, chunk=cfg.chunk, top_k=cfg.top_k) for s in subsets
+        project(enc.weights[v], dirs[s], norms[s], beta=cfg.beta, chunk=cfg.chunk, top_k=cfg.top_k) for s in subsets
     ]
     times["projection"] = time.time() - t
-    log.info("projected %d voxels onto %d × %d candidates in %.1f s", sub.n_voxels, cfg.repeats, len(subsets[0]),
+    log.info("projected %d voxels onto %d × %d candidates in %.1f s", len(v), cfg.repeats, len(subsets[0]),
              times["projection"])  # fmt: skip
 
     t = time.time()
     captioner = load_captioner(models["captioner"], kit_dir=kit_dir)
     captions = caption_embeddings(captioner, np.concatenate(projections), cfg)
-    per_repeat = [captions[i * sub.n_voxels : (i + 1) * sub.n_voxels] for i in range(cfg.repeats)]
-    table = _captions_table(sub, enc, cats, per_repeat)
+    per_repeat = [captions[i * len(v) : (i + 1) * len(v)] for i in range(cfg.repeats)]
+    table = _captions_table(sub, enc, cats, v, per_repeat)
     times["captions"] = time.time() - t
     log.info("%d captions in %.1f s (%.0f voxels/s)", len(captions), times["captions"],
              len(captions) / times["captions"])  # fmt: skip
@@ -208,6 +219,9 @@ def run_scuba(
         for cat, imgs in images.items():
             for b, img in enumerate(imgs):
                 Image.fromarray(img).save(tmp / "images" / f"{cat}_{b}.png")
-        summary = {"config": asdict(cfg), "n_voxels": sub.n_voxels, "n_candidates": len(dirs), "seconds": times}
+        summary = {
+            "config": asdict(cfg), "n_voxels": sub.n_voxels, "n_captioned": len(v), "n_candidates": len(dirs),
+            "seconds": times,
+        }  # fmt: skip
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
     return Path(out)

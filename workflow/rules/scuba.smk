@@ -7,7 +7,7 @@ SCUBA_CANDIDATES = SCUBA["candidates"]
 # fresh scenes written by synth-candidates; real data: the images file the config names).
 SCUBA_IMAGES = SCUBA_CANDIDATES.get("images") or "results/scuba/candidates/images.h5"
 SCUBA_EMBEDDINGS = SCUBA_CANDIDATES.get("embeddings") or (
-    f"results/scuba/candidates/{slug(config['models']['clip']['name'])}.h5"
+    f"results/scuba/candidates/features/{slug(config['models']['clip']['name'])}.h5"
 )
 SCUBA_MODELS = json.dumps(
     {
@@ -53,7 +53,7 @@ rule scuba_candidate_features:
         stimuli=SCUBA_IMAGES,
         kit=kit_input,
     output:
-        "results/scuba/candidates/{slug}.h5",
+        "results/scuba/candidates/features/{slug}.h5",
     params:
         model=json.dumps(config["models"]["clip"], sort_keys=True),
         kit=KIT_DIR,
