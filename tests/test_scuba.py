@@ -44,7 +44,10 @@ def test_nouns_map_captions_to_categories_and_roi_shares() -> None:
     shares = noun_shares(caps, LEXICON).set_index("roi")
     assert shares.loc["FFA", "face"] == 0.75 and shares.loc["PPA", "place"] == 1.0
     assert shares.loc["FFA", "n_voxels"] == 2
-    assert repeat_agreement(caps, LEXICON, min_nc=20) == 0.5  # voxel 1 disagrees; voxel 2 is below NC 20%
+    agree = repeat_agreement(caps, LEXICON, min_nc=20)  # voxel 1 disagrees; voxel 2 is below NC 20%
+    assert agree == {"shared": 0.5, "first": 0.5, "n_voxels": 2}
+    caps.loc[3, "caption"] = "a body and a face"  # voxel 1 now names face in both repeats, but not first in one
+    assert repeat_agreement(caps, LEXICON, min_nc=20) == {"shared": 1.0, "first": 0.5, "n_voxels": 2}
     with pytest.raises(BrainattError, match="lexicon"):
         named_categories(["x"], {"face": []})
 

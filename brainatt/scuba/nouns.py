@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from brainatt.io import BrainattError
@@ -49,11 +48,21 @@ def noun_shares(captions: pd.DataFrame, lexicon: Mapping[str, Sequence[str]]) ->
     return out.reset_index()
 
 
-def repeat_agreement(captions: pd.DataFrame, lexicon: Mapping[str, Sequence[str]], min_nc: float) -> float:
-    """Share of voxels with NC ≥ ``min_nc`` % whose captions name the same category first in every repeat."""
+def repeat_agreement(
+    captions: pd.DataFrame, lexicon: Mapping[str, Sequence[str]], min_nc: float
+) -> dict[str, float | int]:
+    """How often a voxel's repeats (captions from disjoint candidate sets) agree, over voxels with NC ≥ ``min_nc`` %.
+
+    ``shared``: some category is named by every repeat's caption; ``first``: every repeat names the same category
+    first (stricter: captions that list several objects may list them in any order). NaN without such voxels.
+    """
     named = named_categories(captions["caption"].tolist(), lexicon)
-    df = captions[["voxel", "nc"]].assign(first=named["first"].to_numpy())
+    cats = list(lexicon)
+    df = pd.concat([captions[["voxel", "nc"]].reset_index(drop=True), named], axis=1)
     df = df[df["nc"] >= min_nc]
     if df.empty:
-        return float("nan")
-    return float(np.mean(df.groupby("voxel")["first"].nunique() == 1))
+        return {"shared": float("nan"), "first": float("nan"), "n_voxels": 0}
+    grouped = df.groupby("voxel")
+    shared = grouped[cats].all().any(axis=1)
+    first = grouped["first"].nunique() == 1
+    return {"shared": float(shared.mean()), "first": float(first.mean()), "n_voxels": len(shared)}
