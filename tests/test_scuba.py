@@ -74,3 +74,25 @@ def test_voxel_encoder_recovers_known_weights(tmp_path) -> None:
     cos = (enc.weights * w).sum(1) / np.linalg.norm(enc.weights, axis=1) / np.linalg.norm(w, axis=1)
     assert np.median(cos) > 0.99 and np.median(enc.r) > 0.95
     np.testing.assert_allclose(enc.predict(raw[500:]), y[500:], atol=0.3)
+
+
+def test_candidate_file_drops_zero_and_nan_embeddings_with_a_count(tmp_path, caplog) -> None:
+    from brainatt.contracts.features import features_writer
+    from brainatt.models.spec import ModelSpec
+    from brainatt.scuba.pipeline import load_candidates
+
+    raw = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    raw[1] = 0
+    raw[4, 0] = np.nan
+    path = tmp_path / "cand.h5"
+    with features_writer(path, {}, np.arange(6), ModelSpec(role="clip", name="x"), None, "fp") as fw:
+        fw.write(0, {"pooled": raw})
+    with caplog.at_level("WARNING"):
+        dirs, norms = load_candidates(path)
+    assert "2 of 6" in caplog.text and len(dirs) == 4
+    np.testing.assert_allclose(norms, np.linalg.norm(raw[[0, 2, 3, 5]], axis=1), rtol=1e-6)
+    raw[:] = 0
+    with features_writer(path, {}, np.arange(6), ModelSpec(role="clip", name="x"), None, "fp") as fw:
+        fw.write(0, {"pooled": raw})
+    with pytest.raises(BrainattError, match=r"cand\.h5"):
+        load_candidates(path)
