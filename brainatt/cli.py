@@ -89,6 +89,23 @@ def cmd_kit_eval(args: argparse.Namespace) -> None:
     print(table.to_string(index=False))
 
 
+def cmd_train_captioner(args: argparse.Namespace) -> None:
+    from brainatt.contracts.stimuli import Stimuli
+    from brainatt.models.kit import KitConfig, train_captioner, train_tokenizer
+
+    stimuli = Stimuli(args.stimuli)
+    per_image = stimuli.captions(stimuli.nsd_ids)
+    rows = [i for i, caps in enumerate(per_image) for _ in caps]
+    if not rows:
+        raise BrainattError(f"{args.stimuli}: every caption is empty: the captioner needs image-caption pairs")
+    images = stimuli.images(stimuli.nsd_ids)[rows]
+    captions = [c for caps in per_image for c in caps]
+    cfg = KitConfig.from_config(json.loads(args.spec))
+    out = Path(args.out)
+    tokenizer = train_tokenizer(captions, cfg.vocab_size, out / "tokenizer")
+    train_captioner(cfg, images, captions, tokenizer, args.clip, out / "captioner")
+
+
 def cmd_features(args: argparse.Namespace) -> None:
     from brainatt.features.cache import extract_features
     from brainatt.models.spec import ModelSpec
@@ -234,6 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kit", required=True, help="kit folder (with manifest.json)")
     p.add_argument("--table", required=True)
     p.add_argument("--figure", required=True)
+
+    p = add(
+        "train-captioner",
+        cmd_train_captioner,
+        "train a prefix captioner (mapping MLP + GPT-2) on an images.h5's image-caption pairs; checkpoints, resumes",
+    )
+    p.add_argument("--stimuli", required=True, help="images.h5 with captions")
+    p.add_argument("--clip", default="kit:clip", help="CLIP model whose raw image embeddings are the prefixes")
+    p.add_argument("--spec", default="{}", help="JSON kit settings (section 'kit': vocab_size, seed, captioner)")
+    p.add_argument("--out", required=True, help="folder: tokenizer/, captioner/ and checkpoints/ (resumed from)")
 
     p = add("features", cmd_features, "run a frozen model once over the stimuli → feature cache")
     p.add_argument(

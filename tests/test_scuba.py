@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from brainatt.encoding.data import SubjectData
 from brainatt.io import BrainattError
@@ -96,3 +97,25 @@ def test_candidate_file_drops_zero_and_nan_embeddings_with_a_count(tmp_path, cap
         fw.write(0, {"pooled": raw})
     with pytest.raises(BrainattError, match=r"cand\.h5"):
         load_candidates(path)
+
+
+def test_train_captioner_on_image_caption_pairs_checkpoints_and_resumes(tmp_path, caplog) -> None:
+    from brainatt.cli import main
+    from brainatt.contracts.stimuli import stimuli_writer
+    from brainatt.models.captioner import PrefixCaptioner
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (12, 16, 16, 3), dtype=np.uint8)
+    stim = tmp_path / "images.h5"
+    with stimuli_writer(stim, {}, np.arange(12), (16, 16, 3)) as w:
+        w.images[:] = images
+        w.captions([["a face on the left", "a face"] if i % 2 else ["a pizza in a kitchen"] for i in range(12)])
+    spec = '{"vocab_size": 300, "checkpoint_every": 1, "captioner": {"steps": 2, "batch": 4, "width": 32, "layers": 1}}'
+    args = ["train-captioner", "--stimuli", str(stim), "--spec", spec, "--out", str(tmp_path / "cap")]
+    assert main(args) == 0
+    assert (tmp_path / "cap/checkpoints/captioner.pt").exists()
+    with caplog.at_level("INFO"):
+        assert main([*args[:-4], "--spec", spec.replace('"steps": 2', '"steps": 3'), *args[-2:]]) == 0
+    assert "resuming at step 2" in caplog.text
+    model = PrefixCaptioner.from_pretrained(tmp_path / "cap/captioner")
+    assert len(model.generate(torch.zeros(2, model.clip_dim), num_beams=2, max_new_tokens=4)) == 2
