@@ -72,9 +72,10 @@ def plot_caption_map(captions: pd.DataFrame, out: str | Path) -> Path:
     xy = xy + jitter
     fig, ax = plt.subplots(figsize=(6, 5))
     labels = first["roi"].to_numpy()
-    for roi in sorted(set(labels)):
+    colors = plt.get_cmap("tab20")
+    for n, roi in enumerate(sorted(set(labels))):
         hit = labels == roi
-        ax.scatter(xy[hit, 0], xy[hit, 1], s=4, label=roi, alpha=0.6)
+        ax.scatter(xy[hit, 0], xy[hit, 1], s=4, label=roi, alpha=0.6, color=colors(n % 20))
     ax.set_xlabel("caption PC 1")
     ax.set_ylabel("caption PC 2")
     ax.legend(fontsize=6, markerscale=3, ncol=2)
