@@ -24,6 +24,7 @@ include: "workflow/rules/prep.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/encoding.smk"
 include: "workflow/rules/braindive.smk"
+include: "workflow/rules/scuba.smk"
 
 
 rule all:

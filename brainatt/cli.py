@@ -89,6 +89,23 @@ def cmd_kit_eval(args: argparse.Namespace) -> None:
     print(table.to_string(index=False))
 
 
+def cmd_train_captioner(args: argparse.Namespace) -> None:
+    from brainatt.contracts.stimuli import Stimuli
+    from brainatt.models.kit import KitConfig, train_captioner, train_tokenizer
+
+    stimuli = Stimuli(args.stimuli)
+    per_image = stimuli.captions(stimuli.nsd_ids)
+    rows = [i for i, caps in enumerate(per_image) for _ in caps]
+    if not rows:
+        raise BrainattError(f"{args.stimuli}: every caption is empty: the captioner needs image-caption pairs")
+    images = stimuli.images(stimuli.nsd_ids)[rows]
+    captions = [c for caps in per_image for c in caps]
+    cfg = KitConfig.from_config(json.loads(args.spec))
+    out = Path(args.out)
+    tokenizer = train_tokenizer(captions, cfg.vocab_size, out / "tokenizer")
+    train_captioner(cfg, images, captions, tokenizer, args.clip, out / "captioner")
+
+
 def cmd_features(args: argparse.Namespace) -> None:
     from brainatt.features.cache import extract_features
     from brainatt.models.spec import ModelSpec
@@ -196,6 +213,49 @@ def cmd_braindive_eval(args: argparse.Namespace) -> None:
     print(must_shows(summary, cfg).round(3).to_string(index=False))
 
 
+def cmd_synth_candidates(args: argparse.Namespace) -> None:
+    from brainatt.synth.candidates import write_candidates
+    from brainatt.synth.world import WorldSpec
+
+    world = WorldSpec.from_config(json.loads(args.world))
+    kit = json.loads(args.kit)
+    write_candidates(
+        args.out, args.n, args.seed, world.image_size, (world.seed, world.n_images),
+        (kit.get("seed", 0), kit.get("n_images", 16000)),
+    )  # fmt: skip
+
+
+def cmd_scuba(args: argparse.Namespace) -> None:
+    from brainatt.models.spec import ModelSpec
+    from brainatt.scuba.pipeline import ScubaConfig, run_scuba
+
+    models = {role: ModelSpec.from_config(role, spec) for role, spec in json.loads(args.models).items()}
+    truth = None
+    if args.ground_truth:
+        from brainatt.truth.scuba import true_response_fn
+
+        def truth(ijk):
+            return true_response_fn(args.ground_truth, args.subject, ijk)
+
+    cfg = ScubaConfig.from_config(json.loads(args.config))
+    run_scuba(args.responses, args.features, args.candidates, args.out, cfg, models, args.kit, truth)
+
+
+def cmd_scuba_summary(args: argparse.Namespace) -> None:
+    from brainatt.viz.scuba import scuba_summary
+
+    lexicon = json.loads(args.lexicon)
+    if not lexicon:
+        from brainatt.synth.scenes import CATEGORY_WORDS
+
+        lexicon = {k: list(v) for k, v in CATEGORY_WORDS.items()}
+    headline = scuba_summary(
+        args.runs, args.responses, lexicon, args.noun, args.min_nc, args.nouns, args.synthesis, args.figures,
+        args.gallery,
+    )  # fmt: skip
+    print(json.dumps(headline, indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brainatt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"brainatt {__version__}")
@@ -247,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kit", required=True, help="kit folder (with manifest.json)")
     p.add_argument("--table", required=True)
     p.add_argument("--figure", required=True)
+
+    p = add(
+        "train-captioner",
+        cmd_train_captioner,
+        "train a prefix captioner (mapping MLP + GPT-2) on an images.h5's image-caption pairs; checkpoints, resumes",
+    )
+    p.add_argument("--stimuli", required=True, help="images.h5 with captions")
+    p.add_argument("--clip", default="kit:clip", help="CLIP model whose raw image embeddings are the prefixes")
+    p.add_argument("--spec", default="{}", help="JSON kit settings (section 'kit': vocab_size, seed, captioner)")
+    p.add_argument("--out", required=True, help="folder: tokenizer/, captioner/ and checkpoints/ (resumed from)")
 
     p = add("features", cmd_features, "run a frozen model once over the stimuli → feature cache")
     p.add_argument(
@@ -312,6 +382,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cross-figure", required=True)
     p.add_argument("--gamma-figure", required=True)
     p.add_argument("--galleries", required=True, help="galleries folder (results/galleries/braindive)")
+
+    p = add(
+        "synth-candidates",
+        cmd_synth_candidates,
+        "fresh nsd-synth scenes (none a subject saw or the kit trained on) → images.h5 of candidate images",
+    )
+    p.add_argument("--n", type=int, default=20000, help="number of scenes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--world", default="{}", help="JSON synth settings of the world to avoid (config section 'synth')")
+    p.add_argument("--kit", default="{}", help="JSON kit settings whose training scenes to avoid (section 'kit')")
+    p.add_argument("--out", required=True, help="images.h5 to write")
+
+    p = add("scuba", cmd_scuba, "BrainSCUBA for one subject: voxel encoder, projections, captions, synthesis")
+    p.add_argument("--responses", required=True, help="the subject's responses.h5")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--features", required=True, help="CLIP-role features of the stimuli")
+    p.add_argument("--candidates", required=True, help="CLIP-role features of the candidate images")
+    p.add_argument("--models", required=True, help="JSON {clip, captioner, diffusion} model specs (config models)")
+    p.add_argument("--config", default="{}", help="JSON object of scuba settings (config section 'scuba')")
+    p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")
+    p.add_argument("--ground-truth", help="nsd-synth ground_truth/ folder: adds the true response of the images")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+
+    p = add("scuba-summary", cmd_scuba_summary, "BrainSCUBA noun and synthesis tables, figures and gallery")
+    p.add_argument("--runs", nargs="+", required=True, help="results/scuba/{subject}/run folders")
+    p.add_argument("--responses", nargs="+", required=True, help="the same subjects' responses.h5 (brain maps)")
+    p.add_argument("--lexicon", default="{}", help="JSON category → words (default: nsd-synth's CATEGORY_WORDS)")
+    p.add_argument("--noun", default="face", help="category of the brain map of voxels whose captions name it")
+    p.add_argument("--min-nc", type=float, default=20.0, help="NC %% of voxels scored for repeat agreement")
+    p.add_argument("--nouns", required=True, help="scuba_nouns.tsv to write")
+    p.add_argument("--synthesis", required=True, help="scuba_synthesis.tsv to write")
+    p.add_argument("--figures", required=True, help="figures folder")
+    p.add_argument("--gallery", required=True, help="gallery index.html to write")
 
     p = add(
         "synth-detector",

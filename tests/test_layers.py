@@ -35,8 +35,16 @@ ALLOWED: dict[str, set[str]] = {
     "brainatt.encoding": {*MODELS, "brainatt.contracts"},
     "brainatt.synth": {*BOTTOM, "brainatt.contracts", "brainatt.nsd", "brainatt.prep"},
     "brainatt.braindive": {*MODELS, "brainatt.contracts", "brainatt.encoding"},
+    "brainatt.scuba": {*MODELS, "brainatt.contracts", "brainatt.encoding"},
     "brainatt.truth": {*MODELS, "brainatt.contracts", "brainatt.encoding", "brainatt.braindive", "brainatt.synth"},
-    "brainatt.viz": {*BOTTOM, "brainatt.contracts", "brainatt.nsd", "brainatt.encoding", "brainatt.braindive"},
+    "brainatt.viz": {
+        *BOTTOM,
+        "brainatt.contracts",
+        "brainatt.nsd",
+        "brainatt.encoding",
+        "brainatt.braindive",
+        "brainatt.scuba",
+    },
     "brainatt.cli": {"brainatt"},  # the top: everything, each stage imported inside its command
     "brainatt.__main__": {"brainatt.cli"},
 }

@@ -88,6 +88,14 @@ def test_clip_features_are_buildable_on_request() -> None:
     assert wrong.returncode != 0 and "results/features/clip/kit-clip.h5" in wrong.stdout + wrong.stderr
 
 
+def test_scuba_is_buildable_by_name_outside_the_default_target() -> None:
+    output = _demo_dry_run("--forceall", "results/tables/scuba_nouns.tsv")
+    for command in ("brainatt synth-candidates", "brainatt features --role clip", "brainatt scuba ", "scuba-summary"):
+        assert command in output
+    assert "results/scuba/candidates/features/kit-clip.h5" in output
+    assert "brainatt scuba" not in _demo_dry_run("--forceall")
+
+
 def _copy_workflow(dest: Path) -> Path:
     """The repository's workflow files (what a user runs from the repository root), without results."""
     for name in ("Snakefile", "workflow", "config", "profiles", "envs"):

@@ -88,7 +88,8 @@ class FeatureCache:
             self.backbone = str(f.attrs["backbone"])
             self.spec = ModelSpec.from_json(f.attrs["model_spec"])
             self.fingerprint = str(f.attrs["model_fingerprint"])
-            n = len(f["nsd_ids"])
+            self.nsd_ids = f["nsd_ids"][()].astype(np.int64)
+            n = len(self.nsd_ids)
             names = ["pooled", *(f"tokens/{layer}" for layer in self.layers)]
             for name in names:
                 if name not in f:

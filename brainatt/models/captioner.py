@@ -55,19 +55,36 @@ class PrefixCaptioner(nn.Module):
         return self.lm(inputs_embeds=embeds, attention_mask=full_mask, labels=labels).loss
 
     @torch.no_grad()
-    def generate(self, clip_embeddings: torch.Tensor, num_beams: int = 5, max_new_tokens: int = 40) -> list[str]:
-        """Beam-search captions (KV-cached, batched over embeddings)."""
+    def generate(
+        self,
+        clip_embeddings: torch.Tensor,
+        num_beams: int = 5,
+        max_new_tokens: int = 40,
+        stop: str | None = ".",
+        use_cache: bool = True,
+    ) -> list[str]:
+        """Beam-search captions, batched over embeddings; beams are scored by length-normalised log-probability.
+
+        Decoding ends at EOS or at ``stop`` when it is a single token of the vocabulary (the text keeps it).
+        ``use_cache=False`` re-runs the LM over the whole prefix at every token (only for speed comparisons).
+        """
         prefix = self.prefix(clip_embeddings)
         mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
+        eos = [self.tokenizer.eos_token_id]
+        stop_ids = self.tokenizer(stop, add_special_tokens=False).input_ids if stop else []
+        if len(stop_ids) == 1:
+            eos.append(stop_ids[0])
         out = self.lm.generate(
             inputs_embeds=prefix,
             attention_mask=mask,
             num_beams=num_beams,
             max_new_tokens=max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=eos,
             pad_token_id=self.tokenizer.pad_token_id,
             do_sample=False,
             length_penalty=1.0,
+            early_stopping=True,
+            use_cache=use_cache,
         )
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 

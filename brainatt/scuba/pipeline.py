@@ -1,0 +1,227 @@
+"""The BrainSCUBA run for one subject: voxel encoder → K projections per voxel → captions → caption-driven images.
+
+Writes into ``out`` (atomically, as a folder): ``captions.tsv`` (one row per voxel × repeat: voxel, i, j, k, hemi,
+roi, category, repeat, caption, r, nc, nc_norm), ``synthesis.tsv`` (one row per generated image × scored ROI:
+source category, image, prompt, target category, predicted and, on nsd-synth, true mean response),
+``images/{category}_{n}.png`` and ``summary.json`` (settings, counts, timings).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from brainatt.contracts.features import FeatureCache
+from brainatt.contracts.responses import read_responses
+from brainatt.encoding.data import SubjectData
+from brainatt.io import BrainattError, atomic_path
+from brainatt.models.diffusion import sample
+from brainatt.models.loading import load_captioner, load_clip, load_diffusion
+from brainatt.models.spec import ModelSpec
+from brainatt.scuba.encoder import VoxelEncoder, fit_subject
+from brainatt.scuba.projection import BETA, disjoint_subsets, project, unit_candidates
+
+log = logging.getLogger(__name__)
+
+ROI_CATEGORIES = {
+    "floc-faces": "face",
+    "floc-bodies": "body",
+    "floc-places": "place",
+    "floc-words": "word",
+    "floc-food": "food",
+}
+# The true response of generated images: images (B, 3, H, W) in [0, 1] → (B, V) for the subject's voxels.
+TrueResponse = Callable[[torch.Tensor], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ScubaConfig:
+    """Settings of the ``scuba`` config section (see the schema for their meaning)."""
+
+    beta: float = BETA
+    repeats: int = 5
+    top_k: int | None = None
+    chunk: int = 65536
+    seed: int = 0
+    num_beams: int = 5
+    max_new_tokens: int = 40
+    caption_batch: int = 256
+    voxels_per_roi: int | None = None
+    synth_voxels: int = 8
+    synth_steps: int = 50
+    guidance_scale: float = 3.0
+    roi_categories: dict[str, str] = field(default_factory=lambda: dict(ROI_CATEGORIES))
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> ScubaConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(cfg) - known - {"candidates", "lexicon", "noun", "min_nc"}
+        if unknown:
+            raise BrainattError(f"scuba: unknown settings {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in cfg.items() if k in known})
+
+
+def voxel_categories(responses: str | Path, roi_categories: Mapping[str, str]) -> np.ndarray:
+    """Each voxel's category (the category atlas labelling it, mapped by ``roi_categories``), or ``""``."""
+    vox = read_responses(responses, betas=False).voxels
+    out = np.full(vox.n, "", dtype=object)
+    for atlas, cat in roi_categories.items():
+        if atlas in vox.rois:
+            out[(out == "") & (vox.rois[atlas] > 0)] = cat
+    if not (out != "").any():
+        raise BrainattError(
+            f"{responses}: no voxel carries any of the atlases {sorted(roi_categories)}: "
+            "preprocess with those atlases or set scuba.roi_categories"
+        )
+    return out.astype(str)
+
+
+def load_candidates(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Unit directions and norms of a candidate feature file's raw CLIP embeddings; zero/NaN rows dropped (logged)."""
+    cache = FeatureCache(path)
+    if cache.layers:
+        raise BrainattError(f"{path}: a backbone feature file; candidates need CLIP features (features --role clip)")
+    raw = cache.pooled(cache.nsd_ids)
+    norms = np.linalg.norm(raw, axis=1)
+    good = np.isfinite(norms) & (norms > 0)
+    if not good.all():
+        log.warning("%s: %d of %d candidate embeddings are zero or not finite: dropped", path, (~good).sum(), len(raw))
+    return unit_candidates(raw[good], str(path))
+
+
+def caption_embeddings(captioner: Any, embeddings: np.ndarray, cfg: ScubaConfig) -> list[str]:
+    """Captions of raw CLIP embeddings, ``cfg.caption_batch`` at a time (beam search with the KV cache)."""
+    device = next(captioner.parameters()).device
+    out: list[str] = []
+    for i in tqdm(range(0, len(embeddings), cfg.caption_batch), desc="captions", unit="batch", mininterval=5):
+        x = torch.as_tensor(embeddings[i : i + cfg.caption_batch], device=device)
+        out += captioner.generate(x, num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens)
+    return out
+
+
+def captioned_voxels(sub: SubjectData, r: np.ndarray, per_roi: int | None) -> np.ndarray:
+    """The voxels to caption: all, or the ``per_roi`` best-predicted (test r) of each ROI."""
+    if per_roi is None:
+        return np.arange(sub.n_voxels)
+    keep = [np.flatnonzero(sub.roi == roi)[np.argsort(-r[sub.roi == roi])[:per_roi]] for roi in np.unique(sub.roi)]
+    return np.sort(np.concatenate(keep))
+
+
+def _captions_table(
+    sub: SubjectData, enc: VoxelEncoder, cats: np.ndarray, v: np.ndarray, captions: list[list[str]]
+) -> pd.DataFrame:
+    ijk = sub.ijk[v] if sub.ijk is not None else np.full((len(v), 3), -1)
+    voxel = {"voxel": v, "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2], "hemi": sub.hemi[v], "roi": sub.roi[v],
+             "category": cats[v]}  # fmt: skip
+    scores = {"r": enc.r[v].round(4), "nc": sub.nc[v].round(2), "nc_norm": np.round(enc.nc_norm[v], 4)}
+    frames = [pd.DataFrame({**voxel, "repeat": rep, "caption": caps, **scores}) for rep, caps in enumerate(captions)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def synthesize(
+    enc: VoxelEncoder,
+    table: pd.DataFrame,
+    cats: np.ndarray,
+    cfg: ScubaConfig,
+    clip_spec: ModelSpec,
+    diffusion_spec: ModelSpec,
+    kit_dir: str | Path | None,
+    true_response: TrueResponse | None,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Images from the captions of each category's best-predicted voxels (repeat 0), scored by every category
+    ROI's mean predicted (and true) response. Returns the score table and each category's images (uint8)."""
+    clip = load_clip(clip_spec, kit_dir=kit_dir)
+    model = load_diffusion(diffusion_spec, kit_dir=kit_dir)
+    first = table[table["repeat"] == 0]
+    categories = [c for c in dict.fromkeys(cfg.roi_categories.values()) if (cats == c).any()]
+    rows, images = [], {}
+    for n_cat, cat in enumerate(categories):
+        top = first[first["category"] == cat].nlargest(cfg.synth_voxels, "r")
+        prompts = top["caption"].tolist()
+        with torch.no_grad():
+            x = sample(model, prompts, clip, steps=cfg.synth_steps, guidance_scale=cfg.guidance_scale,
+                       seed=cfg.seed + n_cat)  # fmt: skip
+            pred = enc.predict(clip.encode_image(x).numpy())
+        true = true_response(x) if true_response is not None else None
+        images[cat] = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        for target in categories:
+            cols = cats == target
+            for b, prompt in enumerate(prompts):
+                row = {"source": cat, "image": b, "voxel": int(top["voxel"].iloc[b]), "prompt": prompt,
+                       "target": target, "predicted": float(pred[b, cols].mean())}  # fmt: skip
+                if true is not None:
+                    row["true"] = float(true[b, cols].mean())
+                rows.append(row)
+    return pd.DataFrame(rows), images
+
+
+def run_scuba(
+    responses: str | Path,
+    clip_features: str | Path,
+    candidates: str | Path,
+    out: str | Path,
+    cfg: ScubaConfig,
+    models: Mapping[str, ModelSpec],
+    kit_dir: str | Path | None = None,
+    true_response: Callable[[np.ndarray], TrueResponse] | None = None,
+) -> Path:
+    """Run BrainSCUBA for one subject into the folder ``out``.
+
+    ``models`` holds the ``clip``, ``captioner`` and ``diffusion`` specs; ``true_response`` (nsd-synth) builds
+    the ground-truth response function from the voxels' ``ijk``.
+    """
+    times: dict[str, float] = {}
+    t = time.time()
+    sub, enc = fit_subject(responses, clip_features)
+    cats = voxel_categories(responses, cfg.roi_categories)
+    times["encoder"] = time.time() - t
+
+    t = time.time()
+    dirs, norms = load_candidates(candidates)
+    subsets = disjoint_subsets(len(dirs), cfg.repeats, cfg.seed)
+    v = captioned_voxels(sub, enc.r, cfg.voxels_per_roi)
+    projections = [
+        project(enc.weights[v], dirs[s], norms[s], beta=cfg.beta, chunk=cfg.chunk, top_k=cfg.top_k) for s in subsets
+    ]
+    times["projection"] = time.time() - t
+    log.info("projected %d voxels onto %d × %d candidates in %.1f s", len(v), cfg.repeats, len(subsets[0]),
+             times["projection"])  # fmt: skip
+
+    t = time.time()
+    captioner = load_captioner(models["captioner"], kit_dir=kit_dir)
+    captions = caption_embeddings(captioner, np.concatenate(projections), cfg)
+    per_repeat = [captions[i * len(v) : (i + 1) * len(v)] for i in range(cfg.repeats)]
+    table = _captions_table(sub, enc, cats, v, per_repeat)
+    times["captions"] = time.time() - t
+    log.info("%d captions in %.1f s (%.0f voxels/s)", len(captions), times["captions"],
+             len(captions) / times["captions"])  # fmt: skip
+
+    t = time.time()
+    truth = true_response(sub.ijk) if true_response is not None else None
+    scores, images = synthesize(enc, table, cats, cfg, models["clip"], models["diffusion"], kit_dir, truth)
+    times["synthesis"] = time.time() - t
+
+    with atomic_path(out, directory=True) as tmp:
+        table.to_csv(tmp / "captions.tsv", sep="\t", index=False)
+        scores.to_csv(tmp / "synthesis.tsv", sep="\t", index=False)
+        (tmp / "images").mkdir()
+        for cat, imgs in images.items():
+            for b, img in enumerate(imgs):
+                Image.fromarray(img).save(tmp / "images" / f"{cat}_{b}.png")
+        summary = {
+            "config": asdict(cfg), "n_voxels": sub.n_voxels, "n_captioned": len(v), "n_candidates": len(dirs),
+            "seconds": times,
+        }  # fmt: skip
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+    return Path(out)

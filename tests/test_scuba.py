@@ -1,0 +1,121 @@
+"""BrainSCUBA: candidate scenes disjoint from the world and the kit, caption nouns, the voxel encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from brainatt.encoding.data import SubjectData
+from brainatt.io import BrainattError
+from brainatt.models.kit import kit_scenes
+from brainatt.scuba.encoder import fit_voxel_encoder
+from brainatt.scuba.nouns import named_categories, noun_shares, repeat_agreement
+from brainatt.synth.candidates import candidate_scenes, used_seeds
+from brainatt.synth.scenes import CATEGORY_WORDS
+from brainatt.synth.world import WorldSpec, world_scenes
+
+LEXICON = {k: list(v) for k, v in CATEGORY_WORDS.items()}
+
+
+def test_candidates_avoid_the_worlds_and_the_kits_scenes() -> None:
+    spec = WorldSpec(seed=3, n_subjects=1, n_train=40, n_shared=10)
+    world, _ = world_scenes(spec)
+    _, _, kit = kit_scenes(30, seed=5, image_size=16)
+    taken = used_seeds(spec.seed, spec.n_images, 5, 30)
+    assert taken == {s.seed for s in world} | {s.seed for s in kit}
+    scenes, _ = candidate_scenes(200, seed=0, exclude=taken)
+    seeds = [s.seed for s in scenes]
+    assert len(scenes) == 200 and len(set(seeds)) == 200 and not set(seeds) & taken
+    first, _ = candidate_scenes(1, seed=0, exclude=set())
+    clash, dropped = candidate_scenes(1, seed=0, exclude={first[0].seed})  # a clash is dropped and counted
+    assert dropped == 1 and clash[0].seed != first[0].seed
+
+
+def test_nouns_map_captions_to_categories_and_roi_shares() -> None:
+    named = named_categories(["a face on the left and a pizza in a kitchen", "some fruits", "an empty scene"], LEXICON)
+    assert named.loc[0, ["face", "food", "place"]].all() and not named.loc[0, "body"]
+    assert list(named["first"]) == ["face", "food", "none"]
+    caps = pd.DataFrame({
+        "voxel": [0, 0, 1, 1, 2, 2], "roi": ["FFA", "FFA", "FFA", "FFA", "PPA", "PPA"],
+        "repeat": [0, 1] * 3, "nc": [30, 30, 30, 30, 5, 5],
+        "caption": ["a face", "a large face", "a face", "a body", "a street", "a kitchen"],
+    })  # fmt: skip
+    shares = noun_shares(caps, LEXICON).set_index("roi")
+    assert shares.loc["FFA", "face"] == 0.75 and shares.loc["PPA", "place"] == 1.0
+    assert shares.loc["FFA", "n_voxels"] == 2
+    agree = repeat_agreement(caps, LEXICON, min_nc=20)  # voxel 1 disagrees; voxel 2 is below NC 20%
+    assert agree == {"shared": 0.5, "first": 0.5, "n_voxels": 2}
+    caps.loc[3, "caption"] = "a body and a face"  # voxel 1 now names face in both repeats, but not first in one
+    assert repeat_agreement(caps, LEXICON, min_nc=20) == {"shared": 1.0, "first": 0.5, "n_voxels": 2}
+    with pytest.raises(BrainattError, match="lexicon"):
+        named_categories(["x"], {"face": []})
+
+
+def test_voxel_encoder_recovers_known_weights(tmp_path) -> None:
+    from brainatt.contracts.features import features_writer
+    from brainatt.models.spec import ModelSpec
+
+    rng = np.random.default_rng(0)
+    n, d, v = 600, 12, 30
+    raw = rng.normal(size=(n, d)).astype(np.float32) * rng.uniform(2, 6, (n, 1)).astype(np.float32)
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    w = rng.normal(size=(v, d)).astype(np.float32)
+    y = unit @ w.T + 0.05 * rng.normal(size=(n, v)).astype(np.float32)
+    path = tmp_path / "clip.h5"
+    with features_writer(path, {}, np.arange(n), ModelSpec(role="clip", name="x"), None, "fp") as fw:
+        fw.write(0, {"pooled": raw})
+    sub = SubjectData(
+        path=tmp_path, train_ids=np.arange(500), train_y=y[:500], test_ids=np.arange(500, n), test_y=y[500:],
+        nc=np.full(v, 90.0), roi=np.array(["FFA-1"] * v), hemi=np.array(["lh"] * v),
+        family=np.array(["category"] * v), ijk=None,
+    )  # fmt: skip
+    enc = fit_voxel_encoder(sub, path)
+    cos = (enc.weights * w).sum(1) / np.linalg.norm(enc.weights, axis=1) / np.linalg.norm(w, axis=1)
+    assert np.median(cos) > 0.99 and np.median(enc.r) > 0.95
+    np.testing.assert_allclose(enc.predict(raw[500:]), y[500:], atol=0.3)
+
+
+def test_candidate_file_drops_zero_and_nan_embeddings_with_a_count(tmp_path, caplog) -> None:
+    from brainatt.contracts.features import features_writer
+    from brainatt.models.spec import ModelSpec
+    from brainatt.scuba.pipeline import load_candidates
+
+    raw = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    raw[1] = 0
+    raw[4, 0] = np.nan
+    path = tmp_path / "cand.h5"
+    with features_writer(path, {}, np.arange(6), ModelSpec(role="clip", name="x"), None, "fp") as fw:
+        fw.write(0, {"pooled": raw})
+    with caplog.at_level("WARNING"):
+        dirs, norms = load_candidates(path)
+    assert "2 of 6" in caplog.text and len(dirs) == 4
+    np.testing.assert_allclose(norms, np.linalg.norm(raw[[0, 2, 3, 5]], axis=1), rtol=1e-6)
+    raw[:] = 0
+    with features_writer(path, {}, np.arange(6), ModelSpec(role="clip", name="x"), None, "fp") as fw:
+        fw.write(0, {"pooled": raw})
+    with pytest.raises(BrainattError, match=r"cand\.h5"):
+        load_candidates(path)
+
+
+def test_train_captioner_on_image_caption_pairs_checkpoints_and_resumes(tmp_path, caplog) -> None:
+    from brainatt.cli import main
+    from brainatt.contracts.stimuli import stimuli_writer
+    from brainatt.models.captioner import PrefixCaptioner
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (12, 16, 16, 3), dtype=np.uint8)
+    stim = tmp_path / "images.h5"
+    with stimuli_writer(stim, {}, np.arange(12), (16, 16, 3)) as w:
+        w.images[:] = images
+        w.captions([["a face on the left", "a face"] if i % 2 else ["a pizza in a kitchen"] for i in range(12)])
+    spec = '{"vocab_size": 300, "checkpoint_every": 1, "captioner": {"steps": 2, "batch": 4, "width": 32, "layers": 1}}'
+    args = ["train-captioner", "--stimuli", str(stim), "--spec", spec, "--out", str(tmp_path / "cap")]
+    assert main(args) == 0
+    assert (tmp_path / "cap/checkpoints/captioner.pt").exists()
+    with caplog.at_level("INFO"):
+        assert main([*args[:-4], "--spec", spec.replace('"steps": 2', '"steps": 3'), *args[-2:]]) == 0
+    assert "resuming at step 2" in caplog.text
+    model = PrefixCaptioner.from_pretrained(tmp_path / "cap/captioner")
+    assert len(model.generate(torch.zeros(2, model.clip_dim), num_beams=2, max_new_tokens=4)) == 2
