@@ -23,6 +23,7 @@ include: "workflow/rules/synth.smk"
 include: "workflow/rules/prep.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/encoding.smk"
+include: "workflow/rules/mindbridge.smk"
 
 
 rule all:

@@ -133,6 +133,39 @@ def cmd_encoding_figures(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_mindbridge_text(args: argparse.Namespace) -> None:
+    from brainatt.features.cache import extract_text_features
+    from brainatt.models.spec import ModelSpec
+
+    spec = ModelSpec.from_config("clip", json.loads(args.model))
+    extract_text_features(args.stimuli, spec, args.out, kit_dir=args.kit)
+
+
+def cmd_mindbridge(args: argparse.Namespace) -> None:
+    from brainatt.mindbridge.pipeline import run_regime
+
+    pairs = [item.split("=", 1) for item in args.responses]
+    if any(len(p) != 2 for p in pairs):
+        raise BrainattError("--responses takes SUBJECT=PATH entries, e.g. subj01=results/prep/subj01/responses.h5")
+    run_regime(
+        args.regime,
+        dict(pairs),
+        args.image_features,
+        args.text_features,
+        args.out,
+        json.loads(args.config),
+        target=args.target,
+        percent=args.percent,
+        init=args.init,
+    )
+
+
+def cmd_mindbridge_summary(args: argparse.Namespace) -> None:
+    from brainatt.mindbridge.summary import write_summary
+
+    write_summary(args.runs, args.table, args.figure)
+
+
 def cmd_synth_detector(args: argparse.Namespace) -> None:
     from brainatt.synth.detector import train_detector
 
@@ -229,6 +262,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses", required=True, help="the subject's responses.h5")
     p.add_argument("--stimuli", required=True, help="images.h5 (for attention overlays)")
     p.add_argument("--out-dir", required=True, help="figures folder; files land in OUT_DIR/SUBJECT/")
+
+    p = add("mindbridge-text", cmd_mindbridge_text, "CLIP text embeddings of the stimuli's captions → feature file")
+    p.add_argument("--stimuli", required=True, help="images.h5 with captions")
+    p.add_argument("--model", required=True, help="JSON model spec (config models.clip)")
+    p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")
+    p.add_argument("--out", required=True, help="feature file .h5 to write")
+
+    p = add("mindbridge", cmd_mindbridge, "train one MindBridge regime → model, test scores and predictions")
+    p.add_argument("--regime", required=True, choices=["single", "bridge", "reset", "finetune"])
+    p.add_argument("--responses", nargs="+", required=True, help="SUBJECT=responses.h5 for every subject used")
+    p.add_argument("--image-features", required=True, help="CLIP image feature file (features rule, role clip)")
+    p.add_argument("--text-features", required=True, help="CLIP text feature file (mindbridge-text)")
+    p.add_argument("--config", default="{}", help="JSON object with 'model' and 'train' settings")
+    p.add_argument("--target", help="the held-out subject (reset, finetune)")
+    p.add_argument("--percent", type=float, help="use only this %% of the target's training images, first shown first")
+    p.add_argument("--init", help="the cross-subject model's folder (reset, finetune)")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+
+    p = add("mindbridge-summary", cmd_mindbridge_summary, "MindBridge regimes → one table and accuracy-vs-N figure")
+    p.add_argument("--runs", nargs="+", required=True, help="regime output folders")
+    p.add_argument("--table", required=True)
+    p.add_argument("--figure", required=True)
 
     p = add(
         "synth-detector",

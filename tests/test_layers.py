@@ -33,8 +33,9 @@ ALLOWED: dict[str, set[str]] = {
     "brainatt.prep": {*BOTTOM, "brainatt.contracts", "brainatt.nsd"},
     "brainatt.features": {*MODELS, "brainatt.contracts"},
     "brainatt.encoding": {*MODELS, "brainatt.contracts"},
+    "brainatt.mindbridge": {*MODELS, "brainatt.contracts"},
     "brainatt.synth": {*BOTTOM, "brainatt.contracts", "brainatt.nsd", "brainatt.prep"},
-    "brainatt.truth": {*MODELS, "brainatt.contracts", "brainatt.encoding", "brainatt.synth"},
+    "brainatt.truth": {*MODELS, "brainatt.contracts", "brainatt.encoding", "brainatt.mindbridge", "brainatt.synth"},
     "brainatt.viz": {*BOTTOM, "brainatt.contracts", "brainatt.nsd", "brainatt.encoding"},
     "brainatt.cli": {"brainatt"},  # the top: everything, each stage imported inside its command
     "brainatt.__main__": {"brainatt.cli"},
