@@ -98,3 +98,30 @@ def two_way_identification(pred: np.ndarray, true: np.ndarray) -> float:
     if n < 2:
         raise ValueError("two-way identification needs at least 2 items")
     return float(((r < np.diag(r)[:, None]).sum(1) / (n - 1)).mean())
+
+
+def pixel_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each pair of images' flattened pixels: (N, ...) × (N, ...) → (N,)."""
+    x = np.asarray(a, np.float64).reshape(len(a), -1)
+    y = np.asarray(b, np.float64).reshape(len(b), -1)
+    x = x - x.mean(1, keepdims=True)
+    y = y - y.mean(1, keepdims=True)
+    return (x * y).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-12)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> np.ndarray:
+    """SSIM of each pair of grey images in [0, 1] (N, H, W), Gaussian window σ ``sigma`` (the MindEye protocol)."""
+    from scipy.ndimage import gaussian_filter
+
+    c1, c2 = 0.01**2, 0.03**2
+    out = []
+    for x, y in zip(np.asarray(a, np.float64), np.asarray(b, np.float64), strict=True):
+
+        def blur(v: np.ndarray) -> np.ndarray:
+            return gaussian_filter(v, sigma, truncate=3.5)
+
+        mx, my = blur(x), blur(y)
+        vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+        out.append(s.mean())
+    return np.array(out)

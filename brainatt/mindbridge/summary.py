@@ -13,15 +13,27 @@ import pandas as pd
 from brainatt.io import BrainattError, atomic_path
 
 
+def _concat(folders: list[str | Path], what: str) -> pd.DataFrame:
+    parts = []
+    for folder in folders:
+        path = Path(folder) / "scores.tsv"
+        if not path.exists():
+            raise BrainattError(f"{path}: missing: rerun the mindbridge {what} rule that writes {folder}")
+        parts.append(pd.read_csv(path, sep="\t"))
+    return pd.concat(parts, ignore_index=True)
+
+
+def write_recon_table(galleries: list[str | Path], table: str | Path) -> pd.DataFrame:
+    """The galleries' reconstruction scores in one table."""
+    df = _concat(galleries, "reconstruction")
+    with atomic_path(table) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+    return df
+
+
 def write_summary(runs: list[str | Path], table: str | Path, figure: str | Path) -> pd.DataFrame:
     """Concatenate the runs' ``scores.tsv``; plot image retrieval against the target's training images."""
-    parts = []
-    for run in runs:
-        path = Path(run) / "scores.tsv"
-        if not path.exists():
-            raise BrainattError(f"{path}: missing: rerun the mindbridge rule that writes {run}")
-        parts.append(pd.read_csv(path, sep="\t"))
-    df = pd.concat(parts, ignore_index=True).sort_values(["subject", "regime", "n_images"])
+    df = _concat(runs, "regime").sort_values(["subject", "regime", "n_images"])
     with atomic_path(table) as tmp:
         df.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -169,6 +169,7 @@ def sample(
     guide: Guide | None = None,
     guide_scale: float = 0.0,
     eta: float = 0.0,
+    embeddings: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDIM with classifier-free guidance → images (B,3,image_size,image_size) in [0,1].
 
@@ -176,12 +177,20 @@ def sample(
     (BrainDiVE): at each step the predicted clean image x̂₀ (decoded, resized to ``image_size``) is scored by
     ``guide(images, t)`` and the noise prediction is shifted against the score's gradient with respect to the
     current sample, ε ← ε − ``guide_scale``·√(1−ᾱₜ)·∇ score (classifier guidance, Dhariwal & Nichol 2021).
+    ``embeddings``: for ``conditioning: "clip"`` models, (B, D) CLIP embeddings to condition on instead of the
+    prompts' (L2-normalised here; decoded brain activity, MindBridge); ``prompts`` is then ignored.
     """
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler.from_config(model.scheduler.config)
     scheduler.set_timesteps(steps)
-    cond, uncond = encode_prompts(model, prompts, clip)
+    if embeddings is not None:
+        if model.conditioning != "clip":
+            raise BrainattError("conditioning on embeddings needs a diffusion model conditioned on the CLIP role")
+        cond = F.normalize(embeddings.float(), dim=-1).to(next(model.unet.parameters()).device)
+        uncond, prompts = torch.zeros_like(cond), [""] * len(cond)
+    else:
+        cond, uncond = encode_prompts(model, prompts, clip)
     device, dtype = cond.device, next(model.unet.parameters()).dtype
     generator = torch.Generator().manual_seed(seed)
     z = torch.randn((len(prompts), *model_shape(model)), generator=generator).to(device, dtype)

@@ -1,30 +1,8 @@
 # MindBridge: per-subject decoders, one decoder for the source subjects, adapting it to a held-out target subject
 # with limited data (reset-tuning, from scratch, full fine-tuning), then one table and figure.
 
-MB = config.get("mindbridge", {})
-MB_TARGET = MB.get("target", SUBJECTS[-1])
-MB_SOURCES = [s for s in SUBJECTS if s != MB_TARGET]
-MB_PERCENT = [f"{p:g}" for p in MB.get("percent", [6, 18, 47])]
-MB_ADAPT = ["reset", "scratch", *(["finetune"] if MB.get("finetune", True) else [])]
-MB_TEXT = f"results/features/clip_text/{slug(config['models']['clip']['name'])}.h5"
 
-
-def mb_settings(limited):
-    """The model and train sections for the command; limited-data runs take `adapt` over `train`."""
-    train = {**MB.get("train", {}), **(MB.get("adapt", {}) if limited else {})}
-    return json.dumps({"model": MB.get("model", {}), "train": train}, sort_keys=True)
-
-
-def mb_responses(subjects):
-    return " ".join(f"{s}=results/prep/{s}/responses.h5" for s in subjects)
-
-
-def mb_runs():
-    return [
-        *expand("results/mindbridge/single/{subject}", subject=SUBJECTS),
-        "results/mindbridge/bridge",
-        *expand("results/mindbridge/{mode}/{target}/p{pct}", mode=MB_ADAPT, target=MB_TARGET, pct=MB_PERCENT),
-    ]
+include: "mindbridge_common.smk"
 
 
 rule mindbridge_text:
@@ -115,6 +93,7 @@ rule mindbridge_adapt:
         directory("results/mindbridge/{mode}/{target}/p{pct}"),
     wildcard_constraints:
         mode="reset|finetune",
+        pct=r"[0-9.]+",
     params:
         config=mb_settings(True),
         responses=mb_responses([*MB_SOURCES, MB_TARGET]),
@@ -186,6 +165,66 @@ rule mindbridge_summary:
         "brainatt mindbridge-summary --runs {input} --table {output.table} --figure {output.figure} > {log} 2>&1"
 
 
+rule mindbridge_recon:
+    input:
+        run=mb_gallery_run,
+        stimuli="results/stimuli/images.h5",
+        dataset=dataset_input,
+        kit=kit_input,
+    output:
+        report(
+            directory("results/galleries/mindbridge/{run}/{subject}"),
+            htmlindex="index.html",
+            caption="../report/mindbridge_gallery.rst",
+            category="MindBridge",
+            subcategory="{run}",
+        ),
+    params:
+        clip=json.dumps(config["models"]["clip"], sort_keys=True),
+        kit=KIT_DIR,
+        n=MB.get("gallery_images", 12),
+        samples=MB_RECON.get("samples", 1),
+        steps=MB_RECON.get("steps", 20),
+        guidance=MB_RECON.get("guidance_scale", 3.0),
+        truth=f"--ground-truth {GROUND_TRUTH}" if TRUTH else "",
+    log:
+        "logs/mindbridge/recon/{run}/{subject}.log",
+    benchmark:
+        "benchmarks/mindbridge/recon/{run}/{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=0,
+    conda:
+        CONDA_ENV
+    shell:
+        "OMP_NUM_THREADS={threads} brainatt mindbridge-recon --run {input.run} --subject {wildcards.subject} "
+        "--stimuli {input.stimuli} --clip {params.clip:q} --kit {params.kit:q} --n-images {params.n} "
+        "--samples {params.samples} --steps {params.steps} --guidance-scale {params.guidance} {params.truth} "
+        "--out {output} > {log} 2>&1"
+
+
+rule mindbridge_recon_table:
+    input:
+        MB_GALLERIES,
+    output:
+        "results/tables/mindbridge_recon.tsv",
+    log:
+        "logs/mindbridge/recon_table.log",
+    benchmark:
+        "benchmarks/mindbridge/recon_table.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        CONDA_ENV
+    shell:
+        "brainatt mindbridge-summary --recon {input} --table {output} > {log} 2>&1"
+
+
 rule mindbridge:
     input:
         rules.mindbridge_summary.output,
+        rules.mindbridge_recon_table.output,
