@@ -130,3 +130,15 @@ def test_limited_data_takes_the_first_images_shown() -> None:
     assert first.trial_session.max() == 1
     with pytest.raises(BrainattError, match="31 training images asked"):
         d.limit(31)
+
+
+def test_paper_size_counts_match_the_reference() -> None:
+    """The paper's 4-subject model has 693.6 M parameters, 37.8 M per subject (built on the meta device)."""
+    with torch.device("meta"):
+        cfg = MindBridgeConfig(pool=8192, hidden=2048, blocks=4, adapter=128)
+        model = MindBridge({f"s{i}": 12000 + i for i in range(4)}, (257, 768), (77, 768), cfg)
+        before = sum(p.numel() for p in model.parameters())
+        model.add_subject("new", 9000)
+    per_subject = sum(p.numel() for p in model.subject_parameters("new"))
+    assert round(before / 1e6, 1) == 693.5 and round(per_subject / 1e6, 1) == 37.8
+    assert sum(p.numel() for p in model.parameters()) == before + per_subject

@@ -106,11 +106,12 @@ class Embedder(nn.Module):
 
 
 class Builder(nn.Module):
-    """B_s: embedding (B, h) → aggregated fMRI (B, P), ending in a linear layer (no floor on its outputs)."""
+    """B_s: embedding (B, h) → aggregated fMRI (B, P): linear → residual adapter, so nothing bounds its outputs
+    (the reference's LayerNorm → GELU before the zero-initialised adapter floors early outputs at ≈ −0.17)."""
 
     def __init__(self, dim: int, cfg: MindBridgeConfig) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(cfg.hidden, dim), nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, dim))
+        self.net = nn.Sequential(nn.Linear(cfg.hidden, dim), Adapter(dim, cfg.adapter))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
