@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from brainatt.io import BrainattError
-from brainatt.metrics import retrieval_top1, two_way_identification
+from brainatt.metrics import pixel_correlation, retrieval_top1, ssim, two_way_identification
 from brainatt.mindbridge.data import SubjectData, Targets
 from brainatt.mindbridge.evaluate import evaluate_subject, predict
 from brainatt.mindbridge.model import MindBridge, MindBridgeConfig, soft_clip_loss
+from brainatt.mindbridge.summary import write_summary
 from brainatt.mindbridge.train import TrainConfig, train_regime
 
 TINY = MindBridgeConfig(pool=24, hidden=32, blocks=1, adapter=8, dropout_embedder=0.1, dropout_translator=0.0)
@@ -142,3 +144,15 @@ def test_paper_size_counts_match_the_reference() -> None:
     per_subject = sum(p.numel() for p in model.subject_parameters("new"))
     assert round(before / 1e6, 1) == 693.5 and round(per_subject / 1e6, 1) == 37.8
     assert sum(p.numel() for p in model.parameters()) == before + per_subject
+
+
+def test_image_metrics_are_one_on_identical_images() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 16, 16))
+    assert np.allclose(pixel_correlation(images, images), 1) and np.allclose(ssim(images, images), 1)
+    assert ssim(images, rng.random((3, 16, 16))).max() < 0.5
+
+
+def test_summary_names_a_missing_run(tmp_path: Path) -> None:
+    with pytest.raises(BrainattError, match="rerun the mindbridge regime rule"):
+        write_summary([tmp_path / "bridge"], tmp_path / "t.tsv", tmp_path / "f.png")
