@@ -62,6 +62,13 @@ def load_predictions(run: str | Path, subject: str) -> dict[str, np.ndarray]:
         return {k: f[k] for k in ("nsd_ids", "image", "text")}
 
 
+def _label(run: Path) -> str:
+    """The run's regime as its scores name it (``bridge``, ``reset``, ``scratch``…), with ``/p47`` for limited data."""
+    scores = run / "scores.tsv"
+    regime = str(pd.read_csv(scores, sep="\t")["regime"].iloc[0]) if scores.exists() else run.name
+    return f"{regime}/{run.name}" if run.name != regime and run.name.startswith("p") else regime
+
+
 @torch.no_grad()
 def reconstruct(
     run: str | Path,
@@ -114,7 +121,7 @@ def reconstruct(
     grey = np.array([0.299, 0.587, 0.114])
     scores = {
         "subject": subject,
-        "run": Path(run).name,
+        "run": _label(Path(run)),
         "n_images": len(ids),
         "samples": samples,
         "pixcorr": float(pixel_correlation(recon / 255, seen / 255).mean()),
