@@ -23,8 +23,10 @@ include: "workflow/rules/synth.smk"
 include: "workflow/rules/prep.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/encoding.smk"
+include: "workflow/rules/braindive_common.smk"
 include: "workflow/rules/braindive.smk"
 include: "workflow/rules/scuba.smk"
+include: "workflow/rules/mindbridge.smk"
 
 
 rule all:

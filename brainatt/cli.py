@@ -150,6 +150,68 @@ def cmd_encoding_figures(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_mindbridge_text(args: argparse.Namespace) -> None:
+    from brainatt.features.cache import extract_text_features
+    from brainatt.models.spec import ModelSpec
+
+    spec = ModelSpec.from_config("clip", json.loads(args.model))
+    extract_text_features(args.stimuli, spec, args.out, kit_dir=args.kit)
+
+
+def cmd_mindbridge(args: argparse.Namespace) -> None:
+    from brainatt.mindbridge.pipeline import run_regime
+
+    pairs = [item.split("=", 1) for item in args.responses]
+    if any(len(p) != 2 for p in pairs):
+        raise BrainattError("--responses takes SUBJECT=PATH entries, e.g. subj01=results/prep/subj01/responses.h5")
+    run_regime(
+        args.regime,
+        dict(pairs),
+        args.image_features,
+        args.text_features,
+        args.out,
+        json.loads(args.config),
+        target=args.target,
+        percent=args.percent,
+        init=args.init,
+    )
+
+
+def cmd_mindbridge_summary(args: argparse.Namespace) -> None:
+    from brainatt.mindbridge.summary import write_recon_table, write_summary
+
+    if args.recon:
+        write_recon_table(args.recon, args.table)
+    elif args.runs and args.figure:
+        write_summary(args.runs, args.table, args.figure)
+    else:
+        raise BrainattError("mindbridge-summary takes --runs with --figure, or --recon")
+
+
+def cmd_mindbridge_recon(args: argparse.Namespace) -> None:
+    from brainatt.mindbridge.recon import reconstruct
+    from brainatt.models.spec import ModelSpec
+
+    table = reconstruct(
+        args.run,
+        args.subject,
+        args.stimuli,
+        ModelSpec.from_config("clip", json.loads(args.clip)),
+        ModelSpec.from_config("diffusion", json.loads(args.diffusion)),
+        args.out,
+        n_images=args.n_images,
+        samples=args.samples,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        kit_dir=args.kit,
+    )
+    if args.ground_truth:
+        from brainatt.truth.mindbridge import add_truth_scores
+
+        table = add_truth_scores(args.out, args.ground_truth, args.subject)
+    print(table.T.to_string(header=False))
+
+
 def cmd_synth_detector(args: argparse.Namespace) -> None:
     from brainatt.synth.detector import train_detector
 
@@ -415,6 +477,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthesis", required=True, help="scuba_synthesis.tsv to write")
     p.add_argument("--figures", required=True, help="figures folder")
     p.add_argument("--gallery", required=True, help="gallery index.html to write")
+
+    p = add("mindbridge-text", cmd_mindbridge_text, "CLIP text embeddings of the stimuli's captions → feature file")
+    p.add_argument("--stimuli", required=True, help="images.h5 with captions")
+    p.add_argument("--model", required=True, help="JSON model spec (config models.clip)")
+    p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")
+    p.add_argument("--out", required=True, help="feature file .h5 to write")
+
+    p = add("mindbridge", cmd_mindbridge, "train one MindBridge regime → model, test scores and predictions")
+    p.add_argument("--regime", required=True, choices=["single", "bridge", "reset", "finetune"])
+    p.add_argument("--responses", nargs="+", required=True, help="SUBJECT=responses.h5 for every subject used")
+    p.add_argument("--image-features", required=True, help="CLIP image feature file (features rule, role clip)")
+    p.add_argument("--text-features", required=True, help="CLIP text feature file (mindbridge-text)")
+    p.add_argument("--config", default="{}", help="JSON object with 'model' and 'train' settings")
+    p.add_argument("--target", help="the held-out subject (reset, finetune)")
+    p.add_argument("--percent", type=float, help="use only this %% of the target's training images, first shown first")
+    p.add_argument("--init", help="the cross-subject model's folder (reset, finetune)")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+
+    p = add(
+        "mindbridge-summary",
+        cmd_mindbridge_summary,
+        "MindBridge regimes (or galleries) → one table (and accuracy-vs-N figure)",
+    )
+    p.add_argument("--runs", nargs="+", help="regime output folders")
+    p.add_argument("--recon", nargs="+", help="gallery folders (instead of --runs): their scores in one table")
+    p.add_argument("--table", required=True)
+    p.add_argument("--figure", help="accuracy-vs-N figure (with --runs)")
+
+    p = add("mindbridge-recon", cmd_mindbridge_recon, "reconstruct test images from decoded embeddings → gallery")
+    p.add_argument("--run", required=True, help="a mindbridge regime folder (holds pred_SUBJECT.npz)")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--stimuli", required=True, help="images.h5")
+    p.add_argument("--clip", required=True, help="JSON model spec (config models.clip)")
+    p.add_argument("--diffusion", default='{"name": "kit:diffusion", "source": "diffusers"}', help="JSON model spec")
+    p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")
+    p.add_argument("--n-images", type=int, default=12)
+    p.add_argument("--samples", type=int, default=1, help="samples per image, the kept one chosen by prediction")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--ground-truth", help="nsd-synth ground_truth/ folder: add the true brain's scores")
+    p.add_argument("--out", required=True, help="gallery folder (written atomically)")
 
     p = add(
         "synth-detector",

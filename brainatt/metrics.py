@@ -59,3 +59,69 @@ def nc_normalized(r: np.ndarray, nc: np.ndarray) -> np.ndarray:
     """Noise-ceiling-normalised accuracy max(r, 0)² / (NC/100); NaN where the ceiling is 0."""
     ceiling = np.asarray(nc, dtype=np.float64) / 100
     return np.divide(np.maximum(r, 0) ** 2, ceiling, out=np.full(len(ceiling), np.nan), where=ceiling > 0)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def retrieval_top1(
+    pred: np.ndarray, true: np.ndarray, way: int = 300, repeats: int = 30, seed: int = 0
+) -> tuple[float, float]:
+    """Top-1 retrieval by cosine over ``min(way, N)``-way random subsets, averaged over ``repeats`` subsets.
+
+    Returns (image retrieval: each prediction finds its true embedding among the subset's, brain retrieval: each
+    true embedding finds its prediction); chance is 1/way. Rows are flattened.
+    """
+    p, t = _unit_rows(pred), _unit_rows(true)
+    n = len(p)
+    way = min(way, n)
+    rng = np.random.default_rng(seed)
+    forward, backward = [], []
+    for _ in range(repeats):
+        idx = rng.choice(n, way, replace=False)
+        sim = p[idx] @ t[idx].T
+        forward.append(np.mean(sim.argmax(1) == np.arange(way)))
+        backward.append(np.mean(sim.argmax(0) == np.arange(way)))
+    return float(np.mean(forward)), float(np.mean(backward))
+
+
+def two_way_identification(pred: np.ndarray, true: np.ndarray) -> float:
+    """Share of pairs (i, j≠i) where corr(pred_i, true_i) > corr(pred_i, true_j); chance 0.5. Rows are flattened."""
+    p = np.asarray(pred, np.float64).reshape(len(pred), -1)
+    t = np.asarray(true, np.float64).reshape(len(true), -1)
+    p = _unit_rows(p - p.mean(1, keepdims=True))
+    t = _unit_rows(t - t.mean(1, keepdims=True))
+    r = p @ t.T
+    n = len(r)
+    if n < 2:
+        raise ValueError("two-way identification needs at least 2 items")
+    return float(((r < np.diag(r)[:, None]).sum(1) / (n - 1)).mean())
+
+
+def pixel_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each pair of images' flattened pixels: (N, ...) × (N, ...) → (N,)."""
+    x = np.asarray(a, np.float64).reshape(len(a), -1)
+    y = np.asarray(b, np.float64).reshape(len(b), -1)
+    x = x - x.mean(1, keepdims=True)
+    y = y - y.mean(1, keepdims=True)
+    return (x * y).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-12)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> np.ndarray:
+    """SSIM of each pair of grey images in [0, 1] (N, H, W), Gaussian window σ ``sigma`` (the MindEye protocol)."""
+    from scipy.ndimage import gaussian_filter
+
+    c1, c2 = 0.01**2, 0.03**2
+    out = []
+    for x, y in zip(np.asarray(a, np.float64), np.asarray(b, np.float64), strict=True):
+
+        def blur(v: np.ndarray) -> np.ndarray:
+            return gaussian_filter(v, sigma, truncate=3.5)
+
+        mx, my = blur(x), blur(y)
+        vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+        out.append(s.mean())
+    return np.array(out)

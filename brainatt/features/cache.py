@@ -4,6 +4,7 @@
 Role ``backbone``: patch tokens of the configured layers and pooled embeddings; encoders then train from the cached
 tokens for as many epochs, seeds and layers as they like (the reference code re-ran the backbone every epoch).
 Role ``clip``: the CLIP model's image embeddings as ``pooled`` (raw, not normalised), no tokens.
+`extract_text_features`: the CLIP model's text embeddings of each image's captions, in the same layout.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from brainatt.contracts.features import features_writer
 from brainatt.contracts.stimuli import Stimuli
 from brainatt.images import images_to_tensor
+from brainatt.io import BrainattError
 from brainatt.models.loading import default_device, load_backbone, load_clip, weights_fingerprint
 from brainatt.models.spec import ModelSpec
 
@@ -67,4 +69,39 @@ def extract_features(
             progress.update(len(images))
         progress.close()
     log.info("cached %s features of %d images in %.1f s → %s", spec.name, len(source), time.time() - t0, out)
+    return Path(out)
+
+
+@torch.no_grad()
+def extract_text_features(
+    stimuli: str | Path,
+    spec: ModelSpec,
+    out: str | Path,
+    batch: int = 256,
+    device: str | None = None,
+    kit_dir: str | Path | None = None,
+) -> Path:
+    """CLIP text embeddings of every image's captions (the mean of its captions' raw embeddings) → ``pooled``.
+
+    Written as a feature file of the ``clip`` role's model (``stimuli`` must hold captions).
+    """
+    device = device or default_device()
+    source = Stimuli(stimuli)
+    captions = source.captions(source.nsd_ids)
+    clip = load_clip(spec, device=device, kit_dir=kit_dir)
+    flat = [(i, c) for i, caps in enumerate(captions) for c in caps]
+    if len({i for i, _ in flat}) != len(source):
+        raise BrainattError(f"{source.path}: some images have no caption: rerun the stimuli rule with captions")
+    t0 = time.time()
+    sums: torch.Tensor | None = None
+    for start in tqdm(range(0, len(flat), batch), desc="text features", mininterval=5):
+        rows = flat[start : start + batch]
+        emb = clip.encode_text([c for _, c in rows]).float().cpu()
+        sums = torch.zeros(len(source), emb.shape[1]) if sums is None else sums
+        sums.index_add_(0, torch.tensor([i for i, _ in rows]), emb)
+    counts = torch.tensor([len(c) for c in captions], dtype=torch.float32)[:, None]
+    config = {"text": spec.__dict__}
+    with features_writer(out, config, source.nsd_ids, spec, None, weights_fingerprint(clip.model), kit_dir) as w:
+        w.write(0, {"pooled": (sums / counts).numpy()})
+    log.info("cached text features of %d images in %.1f s → %s", len(source), time.time() - t0, out)
     return Path(out)

@@ -214,6 +214,7 @@ def sample(
     eta: float = 0.0,
     scheduler: str = "ddim",
     reuse_eps: bool = True,
+    embeddings: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDIM or DPM-Solver++(2M) → images (B,3,image_size,image_size) in [0,1].
 
@@ -230,10 +231,18 @@ def sample(
     through the UNet, the decoder, the resize and the scorer. With ``reuse_eps`` the guidance pass's ε is also the
     step's (one UNet forward and backward per step); without it, a separate gradient-free pass gives the step's ε
     (the reference's order). With ``guide_scale`` 0 both give the unguided images exactly.
+    ``embeddings``: for ``conditioning: "clip"`` models, (B, D) CLIP embeddings to condition on instead of the
+    prompts' (L2-normalised here; decoded brain activity, MindBridge); ``prompts`` is then ignored.
     """
     sampler = make_sampler(model, scheduler, steps)
     device, dtype = next(model.unet.parameters()).device, next(model.unet.parameters()).dtype
-    if prompts is None:
+    if embeddings is not None:
+        if model.conditioning != "clip":
+            raise BrainattError("conditioning on embeddings needs a diffusion model conditioned on the CLIP role")
+        cond = F.normalize(embeddings.float(), dim=-1).to(device)
+        context = cond if guidance_scale == 1 else torch.cat([torch.zeros_like(cond), cond])
+        scale, prompts = guidance_scale, [""] * len(cond)
+    elif prompts is None:
         if seeds is None:
             raise BrainattError("unconditional sampling needs seeds: one per image")
         context, scale = unconditional(model, len(seeds)), 1.0
