@@ -30,13 +30,13 @@ def _run(cwd: Path, *args: str, python: tuple[str, ...] = ()) -> subprocess.Comp
 def _demo_dry_run(
     *args: str, python: tuple[str, ...] = (), override: dict | None = None, tmp: Path | None = None
 ) -> str:
-    """A dry run of the demo from the repository root (shell commands printed), with ``override`` merged into the
-    demo config; its whole output."""
+    """A dry run of the demo from the repository root (shell commands printed, every job planned whatever results/
+    already holds), with ``override`` merged into the demo config; its whole output."""
     configs = ()
     if override:
         (tmp / "override.yaml").write_text(yaml.safe_dump(override))
         configs = ("--configfile", "config/config.yaml", str(tmp / "override.yaml"))
-    run = _run(REPO, "-n", "-p", "--cores", "1", *args, *configs, python=python)
+    run = _run(REPO, "-n", "-p", "--forceall", "--cores", "1", *args, *configs, python=python)
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout + run.stderr
 

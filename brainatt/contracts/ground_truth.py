@@ -15,9 +15,9 @@ import numpy as np
 from brainatt.io import BrainattError
 
 
-def read_true_responses(path: str | Path, ijk: np.ndarray | None, nsd_ids: np.ndarray, owner: str | Path) -> np.ndarray:
-    """Noise-free responses ``(len(nsd_ids), V)`` of the voxels at ``ijk`` (those of ``owner``, the responses file
-    they come from), matched by voxel index."""
+def true_columns(path: str | Path, ijk: np.ndarray | None, owner: str | Path) -> np.ndarray:
+    """The ground truth's column of each voxel at ``ijk`` (those of ``owner``, the responses file they come from),
+    matched by voxel index."""
     path = Path(path)
     if not path.exists():
         raise BrainattError(f"{path}: ground-truth file missing (only nsd-synth worlds have one)")
@@ -25,7 +25,14 @@ def read_true_responses(path: str | Path, ijk: np.ndarray | None, nsd_ids: np.nd
         raise BrainattError(f"{owner}: surface data: the ground truth is matched to volume voxels (NSD layout only)")
     with h5py.File(path, "r") as f:
         lookup = {tuple(v): i for i, v in enumerate(f["ijk"][()])}
-        cols = [lookup.get(tuple(v), -1) for v in ijk]
-        if min(cols) < 0:
-            raise BrainattError(f"{path}: voxels of {owner} are missing from the ground truth: wrong subject?")
+    cols = np.array([lookup.get(tuple(v), -1) for v in ijk], dtype=np.int64)
+    if len(cols) and cols.min() < 0:
+        raise BrainattError(f"{path}: voxels of {owner} are missing from the ground truth: wrong subject?")
+    return cols
+
+
+def read_true_responses(path: str | Path, ijk: np.ndarray | None, nsd_ids: np.ndarray, owner: str | Path) -> np.ndarray:
+    """Noise-free responses ``(len(nsd_ids), V)`` of the voxels at ``ijk`` (see `true_columns`)."""
+    cols = true_columns(path, ijk, owner)
+    with h5py.File(path, "r") as f:
         return f["responses"][()][nsd_ids][:, cols]

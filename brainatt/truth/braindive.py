@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from brainatt.braindive.evaluate import TruthFn
+from brainatt.contracts.ground_truth import true_columns
 from brainatt.contracts.responses import read_responses
-from brainatt.io import BrainattError
 from brainatt.synth.world import WorldSpec, load_brain
 
 
@@ -39,17 +38,8 @@ def true_brains(ground_truth: str | Path) -> TruthFn:
     ground_truth = Path(ground_truth)
 
     def brain(subject: str, responses: str | Path) -> nn.Module:
-        path = ground_truth / f"{subject}.h5"
-        if not path.exists():
-            raise BrainattError(f"{path}: missing: point --ground-truth at the nsd-synth world's ground_truth/")
         ijk = read_responses(responses, betas=False).voxels.ijk
-        if ijk is None:
-            raise BrainattError(f"{responses}: surface data: the ground truth matches volume voxels (NSD layout)")
-        with h5py.File(path, "r") as f:
-            lookup = {tuple(v): i for i, v in enumerate(f["ijk"][()])}
-        columns = [lookup.get(tuple(v), -1) for v in ijk]
-        if min(columns) < 0:
-            raise BrainattError(f"{path}: voxels of {responses} are missing from the ground truth: wrong subject?")
+        columns = true_columns(ground_truth / f"{subject}.h5", ijk, responses).tolist()
         size = WorldSpec.from_config(json.loads((ground_truth / "world.json").read_text())["spec"]).image_size
         return WorldBrain(load_brain(ground_truth, subject), columns, size).eval()
 
