@@ -30,3 +30,28 @@ def tiny_spec() -> WorldSpec:
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-subject world (~80 images each) as an NSD tree; tests must not modify it."""
     return write_world(TINY, tmp_path_factory.mktemp("synth") / "nsd")
+
+
+def write_tiny_latent_diffusion(root: Path, cond_dim: int) -> Path:
+    """A random-weight latent diffusion folder (unet/, vae/, scheduler/, brainatt.json) saved by diffusers,
+    conditioned on ``cond_dim``-wide CLIP vectors."""
+    import json
+
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler
+
+    from brainatt.models.diffusion import build_unet, make_train_scheduler
+
+    torch.manual_seed(0)
+    build_unet((16, 32), 1, in_channels=4, sample_size=8, cond_dim=cond_dim).save_pretrained(root / "unet")
+    AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    ).save_pretrained(root / "vae")
+    DDIMScheduler.from_config(make_train_scheduler().config).save_pretrained(root / "scheduler")
+    (root / "brainatt.json").write_text(json.dumps({"conditioning": "clip", "embedding": "pooled"}))
+    return root

@@ -3,20 +3,20 @@ nsd-synth world where guided images are scored by the ground-truth brain."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import write_tiny_latent_diffusion
 from torch import nn
 
 from brainatt.braindive.objective import RoiObjective, roi_mask
 from brainatt.braindive.pipeline import UNGUIDED, DiveConfig, generate, read_manifest
 from brainatt.contracts.responses import Voxels
 from brainatt.io import BrainattError
-from brainatt.models.diffusion import build_unet, from_model_space, make_train_scheduler, sample
+from brainatt.models.diffusion import from_model_space, sample
 from brainatt.models.loading import load_diffusion
 from brainatt.models.spec import ModelSpec
 
@@ -44,21 +44,7 @@ class PixelEncoder(nn.Module):
 @pytest.fixture(scope="module")
 def latent_model(tmp_path_factory: pytest.TempPathFactory):
     """A random-weight latent diffusion model (UNet + VAE), unconditional sampling through zero CLIP vectors."""
-    from diffusers import AutoencoderKL, DDIMScheduler
-
-    root = tmp_path_factory.mktemp("latent")
-    torch.manual_seed(0)
-    build_unet((16, 32), 1, in_channels=4, sample_size=8, cond_dim=16).save_pretrained(root / "unet")
-    AutoencoderKL(
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    ).save_pretrained(root / "vae")
-    DDIMScheduler.from_config(make_train_scheduler().config).save_pretrained(root / "scheduler")
-    (root / "brainatt.json").write_text(json.dumps({"conditioning": "clip", "embedding": "pooled"}))
+    root = write_tiny_latent_diffusion(tmp_path_factory.mktemp("latent"), cond_dim=16)
     return load_diffusion(ModelSpec(role="diffusion", name=str(root), source="diffusers"))
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_tiny_latent_diffusion
 
 from brainatt.io import BrainattError, file_hash
 from brainatt.models.architectures import random_model
-from brainatt.models.diffusion import build_unet, from_model_space, make_train_scheduler, sample
+from brainatt.models.diffusion import from_model_space, sample
 from brainatt.models.kit import MANIFEST, KitConfig, check_manifest, train_kit
 from brainatt.models.loading import load_clip, load_diffusion
 from brainatt.models.spec import ModelSpec
@@ -24,22 +25,8 @@ def clip():
 @pytest.fixture(scope="module")
 def tiny_latent_diffusion(tmp_path_factory: pytest.TempPathFactory, clip) -> Path:
     """A random-weight latent diffusion folder (unet/, vae/, scheduler/, brainatt.json) saved by diffusers."""
-    from diffusers import AutoencoderKL, DDIMScheduler
-
-    root = tmp_path_factory.mktemp("tiny-diffusion")
-    torch.manual_seed(0)
     dim = clip.model.text_projection.shape[1]
-    build_unet((16, 32), 1, in_channels=4, sample_size=8, cond_dim=dim).save_pretrained(root / "unet")
-    AutoencoderKL(
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    ).save_pretrained(root / "vae")
-    DDIMScheduler.from_config(make_train_scheduler().config).save_pretrained(root / "scheduler")
-    (root / "brainatt.json").write_text(json.dumps({"conditioning": "clip", "embedding": "pooled"}))
+    root = write_tiny_latent_diffusion(tmp_path_factory.mktemp("tiny-diffusion"), cond_dim=dim)
     return root
 
 
