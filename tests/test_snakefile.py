@@ -108,7 +108,9 @@ def _copy_workflow(dest: Path) -> Path:
 
 
 @pytest.mark.parametrize(("configfile", "layout"), [("config/nsd.yaml", "nsd"), ("config/algonauts.yaml", "algonauts")])
-def test_readme_command_on_real_data_plans_no_simulator(tiny_world: Path, tmp_path: Path, configfile: str, layout: str):
+def test_readme_command_on_real_data_plans_no_simulator(
+    tiny_world: Path, tiny_spec: WorldSpec, tmp_path: Path, configfile: str, layout: str
+):
     """`snakemake --configfile config/<real>.yaml --cores all` reads only that config (not the demo's).
 
     The data root holds a small tree of the config's layout at the config's path; no --config overrides are needed
@@ -122,7 +124,7 @@ def test_readme_command_on_real_data_plans_no_simulator(tiny_world: Path, tmp_pa
     else:
         from brainatt.synth.algonauts import write_synth_algonauts
 
-        write_synth_algonauts(_TINY_ALGONAUTS, root)
+        write_synth_algonauts(tiny_spec, root)
     run = _run(work, "--configfile", configfile, "--cores", "all", "-n", "-p")
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]
@@ -131,15 +133,3 @@ def test_readme_command_on_real_data_plans_no_simulator(tiny_world: Path, tmp_pa
     assert not rules & set(SIMULATOR_RULES)
     assert "ground_truth" not in output and "--truth" not in output and "config/config.yaml" not in output
     assert "results/features/backbone/facebook-dinov2-base.h5" in output
-
-
-_TINY_ALGONAUTS = WorldSpec(
-    seed=3,
-    n_subjects=2,
-    n_train=60,
-    n_shared=20,
-    image_size=32,
-    trials_per_session=48,
-    sessions_kept=(1.0, 0.8),
-    voxel_mm=6.0,
-)
