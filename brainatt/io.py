@@ -84,12 +84,39 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+@contextlib.contextmanager
+def open_h5(path: str | Path, what: str, fix: str) -> Iterator[h5py.File]:
+    """An HDF5 file that a stage reads, open for the block: a missing, truncated or corrupt file (found on opening or
+    on reading its data inside the block) is one `BrainattError` naming it and the ``fix`` (e.g. "rerun the X
+    rule"). The block must only read the file."""
+    path = Path(path)
+    if not path.exists():
+        raise BrainattError(f"{path}: {what} missing: {fix}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise BrainattError(
+            f"{path}: not a readable HDF5 file ({_one_line(e)}): it is truncated or corrupt; {fix}"
+        ) from None
+    try:
+        with f:
+            yield f
+    except (OSError, KeyError) as e:  # a cut or damaged dataset: h5py raises these on reading it
+        raise BrainattError(
+            f"{path}: cannot read its data ({_one_line(e)}): the file is truncated or corrupt; {fix}"
+        ) from None
+
+
 def read_by_nsd_id(path: str | Path, dataset: str, nsd_ids: np.ndarray, where: str, fix: str) -> np.ndarray:
     """Rows of ``dataset`` for ``nsd_ids``, in the order asked, from an HDF5 file whose ``nsd_ids`` names its rows.
 
     A missing id is an error naming the file, ``where`` the ids were looked for and the ``fix``.
     """
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "file", fix) as f:
         row = {int(k): i for i, k in enumerate(f["nsd_ids"][()])}
         missing = [int(k) for k in nsd_ids if int(k) not in row]
         if missing:

@@ -133,9 +133,9 @@ def test_failure_midway_leaves_no_partial_output(
     temporaries: dict[str, list[Path]] = {}
     read_session = responses.read_session
 
-    def spy(path: Path, mask: np.ndarray) -> np.ndarray:
+    def spy(path: Path, mask: np.ndarray, *args: object) -> np.ndarray:
         temporaries[path.name] = list(out.parent.glob(f".{out.name}.*.tmp"))
-        return read_session(path, mask)
+        return read_session(path, mask, *args)
 
     monkeypatch.setattr(responses, "read_session", spy)
     line = _run(capsys, out, *_preprocess(world, out))
@@ -186,7 +186,8 @@ def test_truncated_nifti_session(world: Path, out: Path, capsys: pytest.CaptureF
         data = f["betas"][()].transpose(3, 2, 1, 0)  # (trials,Z,Y,X) → (X,Y,Z,trials)
     h5.unlink()
     path = world / BETAS / "betas_session03.nii.gz"
-    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    affine = nib.load(str(world / ROI / "nsdgeneral.nii.gz")).affine  # on the subject's grid: only the data is bad
+    nib.save(nib.Nifti1Image(data, affine), str(path))
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
     line = _run(capsys, out, *_preprocess(world, out))

@@ -15,6 +15,7 @@ from brainatt.nsd.layout import (
     mask_voxel_ijk,
     read_atlas,
     read_expdesign,
+    read_geometry,
     read_session,
     session_trial_count,
 )
@@ -102,7 +103,7 @@ def test_synth_tree_reads_like_nsd(tiny_world: Path, tiny_spec) -> None:
     assert [p.name for p in sessions] == [f"betas_session{k:02d}.hdf5" for k in range(1, len(sessions) + 1)]
     assert len(sessions) == tiny_spec.sessions_of(1) < tiny_spec.n_sessions  # subj02 completed fewer sessions
     assert session_trial_count(sessions[0]) == tiny_spec.trials_per_session
-    vol, names = read_atlas(layout, "subj01", "floc-faces")
+    vol, names = read_atlas(layout, "subj01", "floc-faces", read_geometry(layout, "subj01"))
     assert set(np.unique(vol)) <= {-1, 0, 1, 2} and names == {1: "OFA", 2: "FFA-1"}
     d = read_expdesign(layout.expdesign)
     assert d.subjectim.min() == 0 and np.array_equal(d.subjectim[0, : tiny_spec.n_shared], d.sharedix)

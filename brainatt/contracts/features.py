@@ -18,7 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from brainatt.io import BrainattError, atomic_h5, read_by_nsd_id
+from brainatt.io import BrainattError, atomic_h5, open_h5, read_by_nsd_id
 from brainatt.models.spec import ModelSpec, resolved_spec
 
 UNITS = "tokens: backbone activations"
@@ -72,13 +72,7 @@ class FeatureCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            raise BrainattError(f"{self.path}: feature cache missing: {FIX}")
-        try:
-            f = h5py.File(self.path, "r")
-        except OSError as e:
-            raise BrainattError(f"{self.path}: not a readable HDF5 file ({e}): it is truncated; {FIX}") from None
-        with f:
+        with open_h5(self.path, "feature cache", FIX) as f:
             attrs = ("layers", "grid", "backbone", "model_spec", "model_fingerprint")
             missing = [a for a in attrs if a not in f.attrs] + [d for d in ("nsd_ids", "pooled") if d not in f]
             if missing:

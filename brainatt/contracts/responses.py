@@ -10,7 +10,9 @@ Layout (DESIGN.md, "Data contracts"):
   ``ncsnr (V,)``, ``nc_test (V,)`` in %; for volume data ``ijk (V,3)``, ``affine (4,4)``, ``mask_shape (3,)``; for
   surface data ``vertex (V,)``; optionally ``ncsnr_estimated``. ``ncsnr``, ``nc_test`` and ``n_reps`` may carry an
   attr ``source`` saying where the values come from;
-- attrs: the stamp every output carries (`brainatt.io.stamp`) and ``subject``.
+- attrs: the stamp every output carries (`brainatt.io.stamp`), ``subject`` and ``warnings`` (JSON: count per kind
+  of warning the preprocessing gave, e.g. ``{"constant_voxels": 3, "sessions_missing": 1}``; absent in files
+  written before it existed).
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from brainatt.io import BrainattError, atomic_h5
+from brainatt.io import BrainattError, atomic_h5, open_h5
 
 SPLITS = ("train", "test")
+# the kinds of warning the preprocessing counts (attr ``warnings``; prep.tsv has a column for each)
+WARNING_KINDS = ("sessions_missing", "empty_atlases", "constant_voxels", "ncsnr_nan_voxels")
 FIX = "rerun the preprocess rule for this subject"
 
 
@@ -83,6 +87,7 @@ class Responses:
     voxels: Voxels
     trial_session: np.ndarray  # (n_trials,) scan session of each single trial (`read_trials` reads the betas)
     config: dict[str, Any] = field(default_factory=dict)
+    warnings: dict[str, int] = field(default_factory=dict)  # kind → count, from the preprocessing
 
     @property
     def n_voxels(self) -> int:
@@ -117,6 +122,11 @@ class ResponsesWriter:
     def trial_index(self, nsd_ids: np.ndarray, session: np.ndarray) -> None:
         self.f["trials/nsd_ids"] = np.asarray(nsd_ids, np.int64)
         self.f["trials/session"] = np.asarray(session, np.int64)
+
+    def warnings(self, counts: dict[str, int]) -> None:
+        """Count per kind of warning the preprocessing gave (kinds with 0 included, so a reader can tell 0 from
+        not counted)."""
+        self.f.attrs["warnings"] = json.dumps({k: int(v) for k, v in counts.items()}, sort_keys=True)
 
     def voxels(self, v: Voxels) -> None:
         g = self.f.create_group("voxels")
@@ -158,13 +168,8 @@ REQUIRED = (
 )
 
 
-def _open(path: Path) -> h5py.File:
-    if not path.exists():
-        raise BrainattError(f"{path}: responses file missing: {FIX}")
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise BrainattError(f"{path}: not a readable HDF5 file ({e}): it is truncated or corrupt; {FIX}") from None
+def _open(path: Path) -> contextlib.AbstractContextManager[h5py.File]:
+    return open_h5(path, "responses file", FIX)
 
 
 def _check_split(path: Path, name: str, split: Split, shape: tuple[int, ...]) -> None:
@@ -223,6 +228,7 @@ def read_responses(path: str | Path, betas: bool = True) -> Responses:
             voxels=voxels,
             trial_session=f["trials/session"][()].astype(np.int64),
             config=json.loads(f.attrs.get("config", "{}")),
+            warnings={str(k): int(v) for k, v in json.loads(f.attrs.get("warnings", "{}")).items()},
         )
 
 

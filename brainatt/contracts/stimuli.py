@@ -15,7 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from brainatt.io import BrainattError, atomic_h5, read_by_nsd_id
+from brainatt.io import BrainattError, atomic_h5, open_h5, read_by_nsd_id
 
 UNITS = "images: uint8 RGB"
 FIX = "rerun the stimuli rule"
@@ -54,13 +54,7 @@ class Stimuli:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            raise BrainattError(f"{self.path}: stimulus file missing: {FIX}")
-        try:
-            f = h5py.File(self.path, "r")
-        except OSError as e:
-            raise BrainattError(f"{self.path}: not a readable HDF5 file ({e}): it is truncated; {FIX}") from None
-        with f:
+        with open_h5(self.path, "stimulus file", FIX) as f:
             if "images" not in f or "nsd_ids" not in f:
                 raise BrainattError(f"{self.path}: no 'images'/'nsd_ids' datasets: not a brainatt images.h5; {FIX}")
             images = f["images"]
@@ -83,7 +77,7 @@ class Stimuli:
 
     def batches(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every image in file order, ``size`` at a time: ``(nsd_ids, images)``."""
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path, "stimulus file", FIX) as f:
             for i in range(0, len(self), size):
                 yield self.nsd_ids[i : i + size], f["images"][i : i + size]
 

@@ -36,14 +36,22 @@ def seen_nsd_ids(layout: NSDLayout, subjects: list[str]) -> np.ndarray:
 
 def write_stimuli(layout: NSDLayout, subjects: list[str], out: str | Path) -> Path:
     ids = seen_nsd_ids(layout, subjects)
-    captions = read_captions(layout, read_stim_info(layout.stim_info))
     path = layout.stimuli
     with open_image_brick(path) as brick:
         if ids.max() >= len(brick):
             raise BrainattError(
-                f"{path}: imgBrick has {len(brick)} images but the design shows nsd id "
-                f"{ids.max()}: the stimulus file and the design do not belong together"
+                f"{layout.expdesign}: the design shows nsd id {ids.max()} but imgBrick of {path} holds "
+                f"{len(brick)} images: the design and the stimulus file do not belong together; re-download one"
             )
+        captions = read_captions(layout, read_stim_info(layout.stim_info))
+        if captions is not None:
+            unlisted = [int(n) for n in ids if int(n) not in captions]
+            if unlisted:
+                raise BrainattError(
+                    f"{layout.stim_info}: no row for nsd id {unlisted[0]} ({len(unlisted)} images the subjects saw "
+                    "are not listed), so their captions cannot be found: the table and the design do not belong "
+                    "together; re-download nsd_stim_info_merged.csv"
+                )
         config = {"subjects": subjects, "root": str(layout.root)}
         with stimuli_writer(out, config, ids, brick.shape[1:]) as w:
             for i in tqdm(range(0, len(ids), CHUNK), desc="stimuli"):

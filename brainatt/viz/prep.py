@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from brainatt.contracts.responses import read_responses
+from brainatt.contracts.responses import WARNING_KINDS, read_responses
 from brainatt.io import atomic_path
 
 
@@ -32,6 +32,8 @@ def prep_summary(responses: list[str | Path], table: str | Path, figure: str | P
                 "median_ncsnr": float(np.nanmedian(r.voxels.ncsnr)),  # NaN where ncsnr is unknown
                 "median_nc_test_pct": float(np.nanmedian(nc)),
                 "frac_nc_ge_5pct": float(np.mean(nc >= 5)),
+                # warnings of the preprocessing, counted (NA: written before they were counted)
+                **{k: r.warnings.get(k, pd.NA) for k in WARNING_KINDS},
             }
         )
     df = pd.DataFrame(rows)
