@@ -142,6 +142,30 @@ def test_bad_fmri_file_stops_naming_it(
     assert list(out.parent.iterdir()) == []
 
 
+def test_negative_extension_ncsnr_stops_naming_it(exported: tuple[dict[str, Path], Path], tmp_path: Path) -> None:
+    root = _copy(exported[1], tmp_path)
+    bad = root / "subj01/training_split/training_fmri/rh_ncsnr.npy"
+    ncsnr = np.load(bad)
+    ncsnr[3] = -1.0
+    np.save(bad, ncsnr)
+    with pytest.raises(BrainattError, match=re.escape(f"{bad}: ncsnr holds 1 negative or infinite values")):
+        preprocess_algonauts(root, "subj01", tmp_path / "r.h5")
+
+
+def test_constant_vertex_is_warned_and_gets_no_noise_ceiling(
+    exported: tuple[dict[str, Path], Path], tmp_path: Path
+) -> None:
+    root = _copy(exported[1], tmp_path)
+    path = root / "subj01/training_split/training_fmri/lh_training_fmri.npy"
+    fmri = np.load(path)
+    fmri[:, 2] = 0.25
+    np.save(path, fmri)
+    out = preprocess_algonauts(root, "subj01", tmp_path / "r.h5")
+    with h5py.File(out) as f:
+        assert json.loads(f.attrs["warnings"]) == {"constant_voxels": 1, "empty_atlases": 0}
+        assert f["voxels/ncsnr"][2] == 0 and f["voxels/nc_test"][2] == 0 and (f["voxels/nc_test"][()] > 0).sum() > 1
+
+
 def test_stimuli_match_the_nsd_path(exported: tuple[dict[str, Path], Path], tiny_world: Path, tmp_path: Path) -> None:
     got = write_algonauts_stimuli(exported[1], SUBJECTS, tmp_path / "a.h5")
     want = write_stimuli(NSDLayout(tiny_world), SUBJECTS, tmp_path / "n.h5")

@@ -133,6 +133,11 @@ def read_extension(
                     f"{part.dtype} {part.shape}: delete it or re-run the export"
                 )
         ncsnr = np.concatenate(parts).astype(np.float32)
+        for p, part in zip(paths, parts, strict=True):
+            bad = ~np.isnan(part) & ~(np.isfinite(part) & (part >= 0))
+            if bad.any() or np.isnan(part).all():
+                what = f"{int(bad.sum())} negative or infinite values" if bad.any() else "only NaN"
+                raise BrainattError(f"{p}: ncsnr holds {what}; ncsnr is ≥ 0: delete it or re-run the export")
     n_reps = None
     path = fmri_dir / "n_reps.npy"
     if path.exists():

@@ -12,7 +12,9 @@
   two subject folders are needed to recover it;
 - there are no single trials: ``trials/*`` exist with 0 rows, and there is no ``voxels/ncsnr_estimated``;
 - without the extension files ``n_reps`` is 0 (unknown) and ``voxels/ncsnr`` / ``voxels/nc_test`` are NaN; each
-  of these datasets has an attr ``source`` ('extension' or 'unknown').
+  of these datasets has an attr ``source`` ('extension' or 'unknown');
+- the warnings counted are ``empty_atlases`` (an atlas labelling no vertex) and ``constant_voxels`` (vertices
+  constant over every image: ncsnr and NC 0 where known); the NSD-only kinds are absent (NA in ``prep.tsv``).
 """
 
 from __future__ import annotations
@@ -94,12 +96,18 @@ def preprocess_algonauts(root: str | Path, subject: str, out: str | Path) -> Pat
 
     config = {"layout": "algonauts", "root": str(root), "subject": subject}
     units = "betas: Algonauts 2023 responses (z-scored per session); nc_test: %"
+    warnings = {"empty_atlases": 0, "constant_voxels": 0}  # no sessions, no ncsnr file: those kinds do not apply
+    for atlas, codes in rois.items():
+        if not (codes > 0).any() or not roi_names[atlas]:
+            warnings["empty_atlases"] += 1
+            log.warning("%s: atlas %r labels no vertex (or names no label)", root / subject / "roi_masks", atlas)
+    lo, hi = np.full(n_vox, np.inf, np.float32), np.full(n_vox, -np.inf, np.float32)
     with responses_writer(out, subject, config, units) as w:
         for split, rows in splits.items():
             betas = w.split(split, row_ids[rows], n_reps[rows], n_voxels=n_vox)
             betas.parent["n_reps"].attrs["source"] = source(known_reps)
-            for lo in range(0, len(rows), ROW_BLOCK):
-                block = rows[lo : lo + ROW_BLOCK]
+            for lo_row in range(0, len(rows), ROW_BLOCK):
+                block = rows[lo_row : lo_row + ROW_BLOCK]
                 parts = [np.asarray(fmri[h][block], dtype=np.float32) for h in HEMIS]
                 for h, part in zip(HEMIS, parts, strict=True):
                     bad = ~np.isfinite(part).all(1)
@@ -108,7 +116,23 @@ def preprocess_algonauts(root: str | Path, subject: str, out: str | Path) -> Pat
                             f"{fmri_folder / f'{h}_training_fmri.npy'}: row {block[bad][0] + 1} holds NaN or inf: "
                             "re-download it"
                         )
-                betas[lo : lo + len(block)] = np.concatenate(parts, axis=1)
+                values = np.concatenate(parts, axis=1)
+                np.minimum(lo, values.min(0), out=lo)
+                np.maximum(hi, values.max(0), out=hi)
+                betas[lo_row : lo_row + len(block)] = values
+        constant = lo == hi
+        if constant.any():
+            warnings["constant_voxels"] = int(constant.sum())
+            log.warning(
+                "%s: %d vertices are constant over every image: they carry no response and get ncsnr 0",
+                fmri_folder,
+                int(constant.sum()),
+            )
+            if known_ncsnr:
+                ncsnr = np.where(constant, 0, ncsnr).astype(np.float32)
+            if known_nc:
+                nc_test = np.where(constant, 0, nc_test)
+        w.warnings(warnings)
         w.trials(0, n_vox)
         w.trial_index(np.zeros(0, np.int64), np.zeros(0, np.int64))
         w.voxels(
