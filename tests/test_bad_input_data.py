@@ -314,6 +314,12 @@ def _inf_in_nifti_session(x: Inputs, p: Path) -> None:
     _to_nifti_session(x.world, 4, change)
 
 
+def _train_id(x: Inputs) -> int:
+    """An nsd id of subj01's training split."""
+    with h5py.File(x.responses) as f:
+        return int(f["train/nsd_ids"][4])
+
+
 def _no_repeats(x: Inputs, p: Path) -> None:
     """One session whose 48 trials show 48 different images, and no ncsnr.nii.gz."""
     for k in range(2, 6):
@@ -387,6 +393,11 @@ FINITE = [
          lambda x: [f"1 infinite betas (first at trial 1, voxel {_mask_voxel(x.world)})", "re-export"]),
     Case("finiteness", "ncsnr +Inf", preprocess, world(NCSNR), ncsnr_at_mask(np.inf),
          ["negative or infinite values (e.g. inf"]),
+    Case("finiteness", "Inf in a feature file's pooled embeddings", encode, lambda x: x.features,
+         lambda x, p: _edit_h5(p, lambda f: f["pooled"].__setitem__((list(f["nsd_ids"]).index(_train_id(x)), 2),
+                                                                    np.inf)),
+         lambda x: [f"pooled holds NaN or infinite values for 1 images (e.g. nsd id {_train_id(x)})",
+                    "rerun the features rule"]),
     Case("finiteness", "NaN in responses.h5 train/betas", encode, lambda x: x.responses,
          h5(lambda f: f["train/betas"].__setitem__((3, 5), np.nan)),
          ["train/betas holds 1 NaN or infinite values (first at image row 3, voxel 5)", "rerun the preprocess rule"]),

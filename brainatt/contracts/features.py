@@ -96,7 +96,14 @@ class FeatureCache:
 
     def _read(self, name: str, nsd_ids: np.ndarray) -> np.ndarray:
         fix = "rerun the stimuli and features rules for these subjects"
-        return read_by_nsd_id(self.path, name, nsd_ids, "the feature cache", fix)
+        rows = read_by_nsd_id(self.path, name, nsd_ids, "the feature cache", fix)
+        bad = ~np.isfinite(rows).reshape(len(rows), -1).all(1)
+        if bad.any():
+            raise BrainattError(
+                f"{self.path}: {name} holds NaN or infinite values for {int(bad.sum())} images (e.g. nsd id "
+                f"{int(np.asarray(nsd_ids)[bad][0])}): the model overflowed or the file is damaged; {FIX}"
+            )
+        return rows
 
     def tokens(self, layer: int, nsd_ids: np.ndarray) -> np.ndarray:
         """``(N, gh, gw, C) float16`` patch tokens of one cached layer."""
