@@ -551,7 +551,7 @@ def _constant_voxel(x: Inputs) -> None:
 WARNINGS = [
     ("clean", lambda x: None, {}, []),
     ("session missing at the end", lambda x: (x.world / BETAS / "betas_session05.hdf5").unlink(),
-     {"sessions_missing": 1}, ["4 sessions on disk, the design holds 5 of 48 trials", "sessions 5–5 are missing"]),
+     {"sessions_missing": 1}, ["4 sessions on disk, the design holds 5 of 48 trials", "session 5 is missing"]),
     ("atlas labels no voxel", lambda x: _edit_volume(x.world / ROI / "floc-faces.nii.gz", lambda v: np.minimum(v, 0)),
      {"empty_atlases": 1}, ["atlas 'floc-faces' labels none of the"]),
     ("empty label table", lambda x: (x.world / "nsddata/freesurfer/fsaverage/label/floc-faces.mgz.ctab").write_text(

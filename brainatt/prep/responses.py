@@ -236,12 +236,14 @@ def preprocess_subject(
         )
     n_design = len(design.masterordering) // per_session
     if len(sessions) < n_design:
+        first, last = len(sessions) + 1, n_design
+        which = f"session {first} is" if first == last else f"sessions {first}–{last} are"
         warnings.add(
             "sessions_missing",
             n_design - len(sessions),
-            f"{layout.betas_dir(subject)}: {len(sessions)} sessions on disk, the design holds "
-            f"{n_design} of {per_session} trials: using the {len(sessions)} found; sessions "
-            f"{len(sessions) + 1}–{n_design} are missing (download them if the subject has them)",
+            f"{layout.betas_dir(subject)}: {len(sessions)} sessions on disk, the design holds {n_design} of "
+            f"{per_session} trials: using the {len(sessions)} found; {which} missing (download them if the "
+            "subject has them)",
         )
     trial_ids = design.trial_nsd_ids(s, n_trials)
     sel = select_voxels(layout, subject, mask_spec, atlases, warnings)
