@@ -485,6 +485,8 @@ STAGE = [
          ["not a readable HDF5 file", "rerun the features rule"]),
     Case("stage files", "features.h5 without pooled → encode", encode, lambda x: x.features,
          h5(lambda f: f.__delitem__("pooled")), ["no 'pooled'", "rerun the features rule"]),
+    Case("stage files", "feature file listing an image twice → encode", encode, lambda x: x.features,
+         h5(lambda f: f["nsd_ids"].__setitem__(1, f["nsd_ids"][0])), ["nsd_ids lists an image twice"]),
     Case("stage files", "truncated images.h5 → features", features, lambda x: x.images, cut,
          ["not a readable HDF5 file", "rerun the stimuli rule"]),
 ]  # fmt: skip

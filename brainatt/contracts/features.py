@@ -84,6 +84,8 @@ class FeatureCache:
             self.fingerprint = str(f.attrs["model_fingerprint"])
             self.nsd_ids = f["nsd_ids"][()].astype(np.int64)
             n = len(self.nsd_ids)
+            if len(np.unique(self.nsd_ids)) != n:
+                raise BrainattError(f"{self.path}: nsd_ids lists an image twice: {FIX}")
             names = ["pooled", *(f"tokens/{layer}" for layer in self.layers)]
             for name in names:
                 if name not in f:
