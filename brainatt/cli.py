@@ -287,6 +287,14 @@ def cmd_synth_candidates(args: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def cmd_scuba_candidates(args: argparse.Namespace) -> None:
+    from brainatt.features.candidates import write_candidate_embeddings
+    from brainatt.models.spec import ModelSpec
+
+    spec = ModelSpec.from_config("clip", json.loads(args.model)) if args.model else None
+    write_candidate_embeddings(args.source, args.path, args.out, spec, args.dataset, args.batch, kit_dir=args.kit)
+
+
 def cmd_scuba(args: argparse.Namespace) -> None:
     from brainatt.models.spec import ModelSpec
     from brainatt.scuba.pipeline import ScubaConfig, run_scuba
@@ -456,11 +464,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kit", default="{}", help="JSON kit settings whose training scenes to avoid (section 'kit')")
     p.add_argument("--out", required=True, help="images.h5 to write")
 
+    p = add(
+        "scuba-candidates",
+        cmd_scuba_candidates,
+        "candidate CLIP image embeddings (raw) from scenes, an image folder or HDF5, or a precomputed file → .h5",
+    )
+    p.add_argument("--source", required=True, choices=["synth", "images", "folder", "embeddings"])
+    p.add_argument("--path", required=True, help="images.h5 / HDF5 of images, image folder, or embedding HDF5")
+    p.add_argument("--dataset", help="HDF5 dataset to read (default: images, or embeddings for a precomputed file)")
+    p.add_argument("--model", help="JSON CLIP model spec (config models.clip); not needed for --source embeddings")
+    p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")
+    p.add_argument("--batch", type=int, default=64, help="images embedded at a time")
+    p.add_argument("--out", required=True, help="candidate file (.h5) to write")
+
     p = add("scuba", cmd_scuba, "BrainSCUBA for one subject: voxel encoder, projections, captions, synthesis")
     p.add_argument("--responses", required=True, help="the subject's responses.h5")
     p.add_argument("--subject", required=True)
     p.add_argument("--features", required=True, help="CLIP-role features of the stimuli")
-    p.add_argument("--candidates", required=True, help="CLIP-role features of the candidate images")
+    p.add_argument("--candidates", required=True, help="candidate file from scuba-candidates")
     p.add_argument("--models", required=True, help="JSON {clip, captioner, diffusion} model specs (config models)")
     p.add_argument("--config", default="{}", help="JSON object of scuba settings (config section 'scuba')")
     p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")

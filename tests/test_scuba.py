@@ -77,26 +77,30 @@ def test_voxel_encoder_recovers_known_weights(tmp_path) -> None:
     np.testing.assert_allclose(enc.predict(raw[500:]), y[500:], atol=0.3)
 
 
-def test_candidate_file_drops_zero_and_nan_embeddings_with_a_count(tmp_path, caplog) -> None:
+def test_candidates_stream_with_their_repeat_and_must_share_the_encoders_clip(tmp_path) -> None:
+    from brainatt.contracts.candidates import candidates_writer
     from brainatt.contracts.features import features_writer
     from brainatt.models.spec import ModelSpec
-    from brainatt.scuba.pipeline import load_candidates
+    from brainatt.scuba.pipeline import candidate_chunks
+    from brainatt.scuba.projection import subset_labels
 
-    raw = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
-    raw[1] = 0
-    raw[4, 0] = np.nan
-    path = tmp_path / "cand.h5"
-    with features_writer(path, {}, np.arange(6), ModelSpec(role="clip", name="x"), None, "fp") as fw:
-        fw.write(0, {"pooled": raw})
-    with caplog.at_level("WARNING"):
-        dirs, norms = load_candidates(path)
-    assert "2 of 6" in caplog.text and len(dirs) == 4
-    np.testing.assert_allclose(norms, np.linalg.norm(raw[[0, 2, 3, 5]], axis=1), rtol=1e-6)
-    raw[:] = 0
-    with features_writer(path, {}, np.arange(6), ModelSpec(role="clip", name="x"), None, "fp") as fw:
-        fw.write(0, {"pooled": raw})
-    with pytest.raises(BrainattError, match=r"cand\.h5"):
-        load_candidates(path)
+    raw = np.random.default_rng(0).normal(size=(23, 4)).astype(np.float32) * 3
+    clip = ModelSpec(role="clip", name="x")
+    feats = tmp_path / "clip.h5"
+    with features_writer(feats, {}, np.arange(2), clip, None, "fp") as fw:
+        fw.write(0, {"pooled": raw[:2]})
+    cand = tmp_path / "cand.h5"
+    with candidates_writer(cand, {}, 4, "folder", "imgs", clip.to_json()) as w:
+        w.add(raw, [str(i) for i in range(23)])
+    chunks, n = candidate_chunks(cand, feats, repeats=3, seed=1, chunk=10)
+    got = list(chunks())
+    assert n == 23 and [len(d) for d, _, _ in got] == [10, 10, 3]
+    np.testing.assert_array_equal(np.concatenate([lab for _, _, lab in got]), subset_labels(23, 3, seed=1))
+    np.testing.assert_allclose(np.concatenate([nrm for _, nrm, _ in got]), np.linalg.norm(raw, axis=1), rtol=1e-6)
+    with candidates_writer(cand, {}, 4, "folder", "imgs", ModelSpec(role="clip", name="other").to_json()) as w:
+        w.add(raw, [str(i) for i in range(23)])
+    with pytest.raises(BrainattError, match="re-embed"):
+        candidate_chunks(cand, feats, repeats=3, seed=1, chunk=10)
 
 
 def test_train_captioner_on_image_caption_pairs_checkpoints_and_resumes(tmp_path, caplog) -> None:

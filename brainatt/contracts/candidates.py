@@ -78,8 +78,9 @@ def candidates_writer(
         yield w
         f["names"] = np.array(w.names, dtype=object).astype(h5py.string_dtype())
         f.attrs["rejected"] = json.dumps(w.rejected)
-        log.info(
-            "%d candidate embeddings kept; rejected: %d unreadable images, %d zero or non-finite embeddings",
+        level = logging.WARNING if any(w.rejected.values()) else logging.INFO
+        log.log(
+            level, "%d candidate embeddings kept; rejected: %d unreadable images, %d zero or non-finite embeddings",
             len(w.names), w.rejected["unreadable"], w.rejected["zero_or_nonfinite"],
         )  # fmt: skip
         if not w.names:
