@@ -91,19 +91,27 @@ def cmd_kit_eval(args: argparse.Namespace) -> None:
 
 def cmd_train_captioner(args: argparse.Namespace) -> None:
     from brainatt.contracts.stimuli import Stimuli
-    from brainatt.models.kit import KitConfig, train_captioner, train_tokenizer
+    from brainatt.models.kit import KitConfig, embed_images, train_captioner, train_tokenizer
+    from brainatt.models.spec import ModelSpec
 
     stimuli = Stimuli(args.stimuli)
     per_image = stimuli.captions(stimuli.nsd_ids)
     rows = [i for i, caps in enumerate(per_image) for _ in caps]
     if not rows:
         raise BrainattError(f"{args.stimuli}: every caption is empty: the captioner needs image-caption pairs")
-    images = stimuli.images(stimuli.nsd_ids)[rows]
     captions = [c for caps in per_image for c in caps]
+    clip = ModelSpec.from_config("clip", json.loads(args.clip) if args.clip.startswith("{") else {"name": args.clip})
+    embeddings = embed_images(clip, (images for _, images in stimuli.batches(256)), args.kit)[rows]
     cfg = KitConfig.from_config(json.loads(args.spec))
     out = Path(args.out)
-    tokenizer = train_tokenizer(captions, cfg.vocab_size, out / "tokenizer")
-    train_captioner(cfg, images, captions, tokenizer, args.clip, out / "captioner")
+    if args.gpt2:
+        from brainatt.models.loading import load_gpt2
+
+        lm, tokenizer = load_gpt2(args.gpt2)
+    else:
+        lm, tokenizer = None, train_tokenizer(captions, cfg.vocab_size, out / "tokenizer")
+    log.info("%d image-caption pairs from %d images; GPT-2: %s", len(rows), len(per_image), args.gpt2 or "new")
+    train_captioner(cfg, embeddings, captions, tokenizer, out / "captioner", lm)
 
 
 def cmd_features(args: argparse.Namespace) -> None:
@@ -383,10 +391,19 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_train_captioner,
         "train a prefix captioner (mapping MLP + GPT-2) on an images.h5's image-caption pairs; checkpoints, resumes",
     )
-    p.add_argument("--stimuli", required=True, help="images.h5 with captions")
-    p.add_argument("--clip", default="kit:clip", help="CLIP model whose raw image embeddings are the prefixes")
-    p.add_argument("--spec", default="{}", help="JSON kit settings (section 'kit': vocab_size, seed, captioner)")
-    p.add_argument("--out", required=True, help="folder: tokenizer/, captioner/ and checkpoints/ (resumed from)")
+    p.add_argument("--stimuli", required=True, help="images.h5 with captions (NSD: the COCO captions)")
+    p.add_argument(
+        "--clip", default="kit:clip", help="CLIP model (name or JSON spec, config models.clip) giving the prefixes"
+    )
+    p.add_argument("--gpt2", help="pretrained GPT-2 to fine-tune (directory or Hugging Face id); default: a new one")
+    p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")
+    p.add_argument(
+        "--spec",
+        default="{}",
+        help="JSON settings: seed, checkpoint_every, vocab_size and captioner {prefix_len, steps, batch, lr, width, "
+        "layers} (width and layers only for a new GPT-2)",
+    )
+    p.add_argument("--out", required=True, help="folder: captioner/ (load it with scuba.captioner), checkpoints/")
 
     p = add("features", cmd_features, "run a frozen model once over the stimuli → feature cache")
     p.add_argument(

@@ -123,3 +123,71 @@ def test_train_captioner_on_image_caption_pairs_checkpoints_and_resumes(tmp_path
     assert "resuming at step 2" in caplog.text
     model = PrefixCaptioner.from_pretrained(tmp_path / "cap/captioner")
     assert len(model.generate(torch.zeros(2, model.clip_dim), num_beams=2, max_new_tokens=4)) == 2
+
+
+def _tiny_gpt2(path, captions: list[str]) -> None:
+    """A 'pretrained' GPT-2 folder as transformers saves one; its tokenizer has no padding token, like GPT-2's."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(captions * 5, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    eos = "<|endoftext|>"
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=eos, bos_token=eos)
+    tok.save_pretrained(path)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=32, n_layer=1, n_head=2,
+                        eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(path)
+
+
+def test_captioner_fine_tunes_a_pretrained_gpt2_and_resumes_exactly(tmp_path, monkeypatch, caplog) -> None:
+    import json
+
+    from transformers import GPT2LMHeadModel
+
+    import brainatt.models.kit as kit
+    from brainatt.cli import main
+    from brainatt.contracts.stimuli import stimuli_writer
+    from brainatt.models.loading import load_captioner
+    from brainatt.models.spec import ModelSpec
+
+    per_image = [["a face on the left", "a face"] if i % 2 else ["a pizza in a kitchen"] for i in range(10)]
+    stim = tmp_path / "images.h5"
+    with stimuli_writer(stim, {}, np.arange(10), (16, 16, 3)) as w:
+        w.images[:] = np.random.default_rng(0).integers(0, 255, (10, 16, 16, 3), dtype=np.uint8)
+        w.captions(per_image)
+    gpt2 = tmp_path / "gpt2"
+    _tiny_gpt2(gpt2, [c for caps in per_image for c in caps])
+    spec = json.dumps({"checkpoint_every": 2, "captioner": {"steps": 6, "batch": 4, "prefix_len": 2}})
+
+    def train(out: str) -> int:
+        return main(["train-captioner", "--stimuli", str(stim), "--gpt2", str(gpt2), "--spec", spec, "--out", out])
+
+    assert train(str(tmp_path / "whole")) == 0
+    schedule = kit._schedule
+
+    def interrupt_at_step_4(step: int, total: int, warmup: int = 100) -> float:
+        if step == 4:
+            raise KeyboardInterrupt
+        return schedule(step, total, warmup)
+
+    monkeypatch.setattr(kit, "_schedule", interrupt_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(str(tmp_path / "resumed"))
+    monkeypatch.setattr(kit, "_schedule", schedule)
+    assert (tmp_path / "resumed/checkpoints/captioner.pt").exists() and not (tmp_path / "resumed/captioner").exists()
+    with caplog.at_level("INFO"):
+        assert train(str(tmp_path / "resumed")) == 0
+    assert "resuming at step 4" in caplog.text
+
+    def load(run: str):
+        return load_captioner(ModelSpec(role="captioner", name=str(tmp_path / run / "captioner"), source="captioner"))
+
+    whole, resumed = load("whole"), load("resumed")
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    start = GPT2LMHeadModel.from_pretrained(gpt2).transformer.h[0].mlp.c_fc.weight
+    assert not torch.equal(start, whole.lm.transformer.h[0].mlp.c_fc.weight)  # GPT-2 itself was fine-tuned
+    assert whole.tokenizer.pad_token == whole.tokenizer.eos_token and whole.prefix_len == 2
+    assert len(whole.generate(torch.zeros(2, whole.clip_dim), num_beams=2, max_new_tokens=4)) == 2

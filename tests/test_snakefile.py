@@ -107,6 +107,15 @@ def test_scuba_candidates_come_from_the_configured_source(tmp_path) -> None:
     assert run.returncode != 0 and "path" in run.stdout + run.stderr  # the schema asks for the file
 
 
+def test_scuba_captioner_training_is_built_by_name_only(tmp_path) -> None:
+    output = _demo_dry_run("results/scuba/captioner/captioner")
+    assert "brainatt train-captioner --stimuli results/stimuli/images.h5" in output and "--gpt2" not in output
+    override = {"scuba": {"train_captioner": {"gpt2": "/models/gpt2", "lr": 2e-5}}}
+    output = _demo_dry_run("results/scuba/captioner/captioner", override=override, tmp=tmp_path)
+    assert "--gpt2 /models/gpt2" in output and '"lr": 2e-05' in output
+    assert "train-captioner" not in _demo_dry_run()
+
+
 def _copy_workflow(dest: Path) -> Path:
     """The repository's workflow files (what a user runs from the repository root), without results."""
     for name in ("Snakefile", "workflow", "config", "profiles", "envs"):

@@ -67,7 +67,7 @@ class ScubaConfig:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ScubaConfig:
         known = set(cls.__dataclass_fields__)
-        unknown = set(cfg) - known - {"candidates", "lexicon", "noun", "min_nc"}
+        unknown = set(cfg) - known - {"candidates", "lexicon", "noun", "min_nc", "train_captioner"}
         if unknown:
             raise BrainattError(f"scuba: unknown settings {sorted(unknown)}; known: {sorted(known)}")
         return cls(**{k: v for k, v in cfg.items() if k in known})

@@ -18,8 +18,9 @@ SCUBA_MODELS = json.dumps(
     },
     sort_keys=True,
 )
+SCUBA_NOT_RUN_SETTINGS = ("candidates", "captioner", "diffusion", "lexicon", "noun", "train_captioner")
 SCUBA_SETTINGS = json.dumps(
-    {k: v for k, v in SCUBA.items() if k not in ("candidates", "captioner", "diffusion", "lexicon", "noun")},
+    {k: v for k, v in SCUBA.items() if k not in SCUBA_NOT_RUN_SETTINGS},
     sort_keys=True,
 )
 
@@ -74,6 +75,45 @@ rule scuba_candidate_embeddings:
     shell:
         "brainatt scuba-candidates --source {params.source} --path {input.source:q} {params.dataset} "
         "--model {params.model:q} --kit {params.kit:q} --out {output} > {log} 2>&1"
+
+
+# A captioner for other images (built by name): mapping network + GPT-2 (pretrained: fine-tuned; else new) on the
+# stimuli's image-caption pairs; checkpoints in results/scuba/captioner/checkpoints survive a failed job.
+SCUBA_TRAIN = SCUBA["train_captioner"]
+SCUBA_TRAIN_SPEC = json.dumps(
+    {
+        "seed": SCUBA_TRAIN["seed"],
+        "checkpoint_every": SCUBA_TRAIN["checkpoint_every"],
+        "captioner": {k: SCUBA_TRAIN[k] for k in ("prefix_len", "steps", "batch", "lr") if k in SCUBA_TRAIN},
+    },
+    sort_keys=True,
+)
+
+
+rule scuba_captioner:
+    input:
+        stimuli="results/stimuli/images.h5",
+        kit=kit_input if config["models"]["clip"]["name"].startswith("kit:") else [],
+    output:
+        directory("results/scuba/captioner/captioner"),
+    params:
+        gpt2=f"--gpt2 {SCUBA_TRAIN['gpt2']}" if SCUBA_TRAIN.get("gpt2") else "",
+        clip=json.dumps(config["models"]["clip"], sort_keys=True),
+        spec=SCUBA_TRAIN_SPEC,
+        kit=KIT_DIR,
+    log:
+        "logs/scuba/captioner.log",
+    benchmark:
+        "benchmarks/scuba/captioner.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=720,
+    conda:
+        CONDA_ENV
+    shell:
+        "brainatt train-captioner --stimuli {input.stimuli} --clip {params.clip:q} {params.gpt2} --kit {params.kit:q} "
+        "--spec {params.spec:q} --out results/scuba/captioner > {log} 2>&1"
 
 
 rule scuba:
