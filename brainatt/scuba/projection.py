@@ -65,7 +65,9 @@ class StreamingSoftmax:
     ``floor`` (logits, per voxel): candidates below it are left out (top-k).
     """
 
-    def __init__(self, weights: torch.Tensor, beta: float, voxel_batch: int = VOXEL_BATCH) -> None:
+    def __init__(
+        self, weights: torch.Tensor, beta: float, voxel_batch: int = VOXEL_BATCH, buf: torch.Tensor | None = None
+    ) -> None:
         self.w = beta * _unit_rows(weights)  # logits come straight out of the GEMM
         v, dim = self.w.shape
         self.voxel_batch = voxel_batch
@@ -73,7 +75,7 @@ class StreamingSoftmax:
         self.z = torch.zeros(v, dtype=torch.float64)
         self.r = torch.zeros(v, dtype=torch.float64)
         self.d = torch.zeros((v, dim), dtype=torch.float64)
-        self.buf = torch.empty(min(voxel_batch, v) * TILE)
+        self.buf = torch.empty(min(voxel_batch, v) * TILE) if buf is None else buf  # may be shared
 
     def add(self, dirs: torch.Tensor, norms: torch.Tensor, floor: torch.Tensor | None = None) -> None:
         """Add unit candidate directions ``(c, D)`` with their norms ``(c,)``."""
@@ -123,7 +125,8 @@ def project_stream(
     each w_v; its norm lies within [min n_j, max n_j] of the repeat's candidates.
     """
     w = torch.as_tensor(np.asarray(weights, np.float32))
-    accs = [StreamingSoftmax(w, beta, voxel_batch) for _ in range(repeats)]
+    buf = torch.empty(min(voxel_batch, len(w)) * TILE)  # the repeats take turns with one block buffer
+    accs = [StreamingSoftmax(w, beta, voxel_batch, buf) for _ in range(repeats)]
     floors = _top_k_floors(accs, chunks, repeats, top_k) if top_k else [None] * repeats
     for dirs, norms, labels in chunks():
         dirs_t, norms_t = _check_chunk(dirs, norms, w.shape[1])
