@@ -27,7 +27,7 @@ from brainatt.io import BrainattError, atomic_h5
 
 log = logging.getLogger(__name__)
 UNITS = "embeddings: raw CLIP image embeddings"
-FIX = "rerun the scuba_candidate_features rule"
+FIX = "rerun the scuba_candidate_embeddings rule"
 ROWS_PER_CHUNK = 4096
 
 
