@@ -199,7 +199,7 @@ def main() -> None:
     start = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     head = (
         f"- date: {start}\n- machine: {machine(f'torch {torch.__version__}')}\n"
-        f"- package code: {code_version(TIMED_CODE)}\n\n"
+        f"- package code: {code_version(TIMED_CODE)}\n"
     )
     parts = ["captions", "projection"] if args.part == "all" else [args.part]
     for part in parts:
