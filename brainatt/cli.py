@@ -91,19 +91,27 @@ def cmd_kit_eval(args: argparse.Namespace) -> None:
 
 def cmd_train_captioner(args: argparse.Namespace) -> None:
     from brainatt.contracts.stimuli import Stimuli
-    from brainatt.models.kit import KitConfig, train_captioner, train_tokenizer
+    from brainatt.models.kit import KitConfig, embed_images, train_captioner, train_tokenizer
+    from brainatt.models.spec import ModelSpec
 
     stimuli = Stimuli(args.stimuli)
     per_image = stimuli.captions(stimuli.nsd_ids)
     rows = [i for i, caps in enumerate(per_image) for _ in caps]
     if not rows:
         raise BrainattError(f"{args.stimuli}: every caption is empty: the captioner needs image-caption pairs")
-    images = stimuli.images(stimuli.nsd_ids)[rows]
     captions = [c for caps in per_image for c in caps]
+    clip = ModelSpec.from_config("clip", json.loads(args.clip) if args.clip.startswith("{") else {"name": args.clip})
+    embeddings = embed_images(clip, (images for _, images in stimuli.batches(256)), args.kit)[rows]
     cfg = KitConfig.from_config(json.loads(args.spec))
     out = Path(args.out)
-    tokenizer = train_tokenizer(captions, cfg.vocab_size, out / "tokenizer")
-    train_captioner(cfg, images, captions, tokenizer, args.clip, out / "captioner")
+    if args.gpt2:
+        from brainatt.models.loading import load_gpt2
+
+        lm, tokenizer = load_gpt2(args.gpt2)
+    else:
+        lm, tokenizer = None, train_tokenizer(captions, cfg.vocab_size, out / "tokenizer")
+    log.info("%d image-caption pairs from %d images; GPT-2: %s", len(rows), len(per_image), args.gpt2 or "new")
+    train_captioner(cfg, embeddings, captions, tokenizer, out / "captioner", lm)
 
 
 def cmd_features(args: argparse.Namespace) -> None:
@@ -287,6 +295,14 @@ def cmd_synth_candidates(args: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def cmd_scuba_candidates(args: argparse.Namespace) -> None:
+    from brainatt.features.candidates import write_candidate_embeddings
+    from brainatt.models.spec import ModelSpec
+
+    spec = ModelSpec.from_config("clip", json.loads(args.model)) if args.model else None
+    write_candidate_embeddings(args.source, args.path, args.out, spec, args.dataset, args.batch, kit_dir=args.kit)
+
+
 def cmd_scuba(args: argparse.Namespace) -> None:
     from brainatt.models.spec import ModelSpec
     from brainatt.scuba.pipeline import ScubaConfig, run_scuba
@@ -375,10 +391,19 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_train_captioner,
         "train a prefix captioner (mapping MLP + GPT-2) on an images.h5's image-caption pairs; checkpoints, resumes",
     )
-    p.add_argument("--stimuli", required=True, help="images.h5 with captions")
-    p.add_argument("--clip", default="kit:clip", help="CLIP model whose raw image embeddings are the prefixes")
-    p.add_argument("--spec", default="{}", help="JSON kit settings (section 'kit': vocab_size, seed, captioner)")
-    p.add_argument("--out", required=True, help="folder: tokenizer/, captioner/ and checkpoints/ (resumed from)")
+    p.add_argument("--stimuli", required=True, help="images.h5 with captions (NSD: the COCO captions)")
+    p.add_argument(
+        "--clip", default="kit:clip", help="CLIP model (name or JSON spec, config models.clip) giving the prefixes"
+    )
+    p.add_argument("--gpt2", help="pretrained GPT-2 to fine-tune (directory or Hugging Face id); default: a new one")
+    p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")
+    p.add_argument(
+        "--spec",
+        default="{}",
+        help="JSON settings: seed, checkpoint_every, vocab_size and captioner {prefix_len, steps, batch, lr, width, "
+        "layers} (width and layers only for a new GPT-2)",
+    )
+    p.add_argument("--out", required=True, help="folder: captioner/ (load it with scuba.captioner), checkpoints/")
 
     p = add("features", cmd_features, "run a frozen model once over the stimuli → feature cache")
     p.add_argument(
@@ -456,11 +481,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kit", default="{}", help="JSON kit settings whose training scenes to avoid (section 'kit')")
     p.add_argument("--out", required=True, help="images.h5 to write")
 
+    p = add(
+        "scuba-candidates",
+        cmd_scuba_candidates,
+        "candidate CLIP image embeddings (raw) from scenes, an image folder or HDF5, or a precomputed file → .h5",
+    )
+    p.add_argument("--source", required=True, choices=["synth", "images", "folder", "embeddings"])
+    p.add_argument("--path", required=True, help="images.h5 / HDF5 of images, image folder, or embedding HDF5")
+    p.add_argument("--dataset", help="HDF5 dataset to read (default: images, or embeddings for a precomputed file)")
+    p.add_argument("--model", help="JSON CLIP model spec (config models.clip); not needed for --source embeddings")
+    p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")
+    p.add_argument("--batch", type=int, default=64, help="images embedded at a time")
+    p.add_argument("--out", required=True, help="candidate file (.h5) to write")
+
     p = add("scuba", cmd_scuba, "BrainSCUBA for one subject: voxel encoder, projections, captions, synthesis")
     p.add_argument("--responses", required=True, help="the subject's responses.h5")
     p.add_argument("--subject", required=True)
     p.add_argument("--features", required=True, help="CLIP-role features of the stimuli")
-    p.add_argument("--candidates", required=True, help="CLIP-role features of the candidate images")
+    p.add_argument("--candidates", required=True, help="candidate file from scuba-candidates")
     p.add_argument("--models", required=True, help="JSON {clip, captioner, diffusion} model specs (config models)")
     p.add_argument("--config", default="{}", help="JSON object of scuba settings (config section 'scuba')")
     p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")

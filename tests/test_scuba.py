@@ -77,26 +77,30 @@ def test_voxel_encoder_recovers_known_weights(tmp_path) -> None:
     np.testing.assert_allclose(enc.predict(raw[500:]), y[500:], atol=0.3)
 
 
-def test_candidate_file_drops_zero_and_nan_embeddings_with_a_count(tmp_path, caplog) -> None:
+def test_candidates_stream_with_their_repeat_and_must_share_the_encoders_clip(tmp_path) -> None:
+    from brainatt.contracts.candidates import candidates_writer
     from brainatt.contracts.features import features_writer
     from brainatt.models.spec import ModelSpec
-    from brainatt.scuba.pipeline import load_candidates
+    from brainatt.scuba.pipeline import candidate_chunks
+    from brainatt.scuba.projection import subset_labels
 
-    raw = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
-    raw[1] = 0
-    raw[4, 0] = np.nan
-    path = tmp_path / "cand.h5"
-    with features_writer(path, {}, np.arange(6), ModelSpec(role="clip", name="x"), None, "fp") as fw:
-        fw.write(0, {"pooled": raw})
-    with caplog.at_level("WARNING"):
-        dirs, norms = load_candidates(path)
-    assert "2 of 6" in caplog.text and len(dirs) == 4
-    np.testing.assert_allclose(norms, np.linalg.norm(raw[[0, 2, 3, 5]], axis=1), rtol=1e-6)
-    raw[:] = 0
-    with features_writer(path, {}, np.arange(6), ModelSpec(role="clip", name="x"), None, "fp") as fw:
-        fw.write(0, {"pooled": raw})
-    with pytest.raises(BrainattError, match=r"cand\.h5"):
-        load_candidates(path)
+    raw = np.random.default_rng(0).normal(size=(23, 4)).astype(np.float32) * 3
+    clip = ModelSpec(role="clip", name="x")
+    feats = tmp_path / "clip.h5"
+    with features_writer(feats, {}, np.arange(2), clip, None, "fp") as fw:
+        fw.write(0, {"pooled": raw[:2]})
+    cand = tmp_path / "cand.h5"
+    with candidates_writer(cand, {}, 4, "folder", "imgs", clip.to_json()) as w:
+        w.add(raw, [str(i) for i in range(23)])
+    chunks, n = candidate_chunks(cand, feats, repeats=3, seed=1, chunk=10)
+    got = list(chunks())
+    assert n == 23 and [len(d) for d, _, _ in got] == [10, 10, 3]
+    np.testing.assert_array_equal(np.concatenate([lab for _, _, lab in got]), subset_labels(23, 3, seed=1))
+    np.testing.assert_allclose(np.concatenate([nrm for _, nrm, _ in got]), np.linalg.norm(raw, axis=1), rtol=1e-6)
+    with candidates_writer(cand, {}, 4, "folder", "imgs", ModelSpec(role="clip", name="other").to_json()) as w:
+        w.add(raw, [str(i) for i in range(23)])
+    with pytest.raises(BrainattError, match="re-embed"):
+        candidate_chunks(cand, feats, repeats=3, seed=1, chunk=10)
 
 
 def test_train_captioner_on_image_caption_pairs_checkpoints_and_resumes(tmp_path, caplog) -> None:
@@ -119,3 +123,71 @@ def test_train_captioner_on_image_caption_pairs_checkpoints_and_resumes(tmp_path
     assert "resuming at step 2" in caplog.text
     model = PrefixCaptioner.from_pretrained(tmp_path / "cap/captioner")
     assert len(model.generate(torch.zeros(2, model.clip_dim), num_beams=2, max_new_tokens=4)) == 2
+
+
+def _tiny_gpt2(path, captions: list[str]) -> None:
+    """A 'pretrained' GPT-2 folder as transformers saves one; its tokenizer has no padding token, like GPT-2's."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(captions * 5, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    eos = "<|endoftext|>"
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=eos, bos_token=eos)
+    tok.save_pretrained(path)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=32, n_layer=1, n_head=2,
+                        eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(path)
+
+
+def test_captioner_fine_tunes_a_pretrained_gpt2_and_resumes_exactly(tmp_path, monkeypatch, caplog) -> None:
+    import json
+
+    from transformers import GPT2LMHeadModel
+
+    import brainatt.models.kit as kit
+    from brainatt.cli import main
+    from brainatt.contracts.stimuli import stimuli_writer
+    from brainatt.models.loading import load_captioner
+    from brainatt.models.spec import ModelSpec
+
+    per_image = [["a face on the left", "a face"] if i % 2 else ["a pizza in a kitchen"] for i in range(10)]
+    stim = tmp_path / "images.h5"
+    with stimuli_writer(stim, {}, np.arange(10), (16, 16, 3)) as w:
+        w.images[:] = np.random.default_rng(0).integers(0, 255, (10, 16, 16, 3), dtype=np.uint8)
+        w.captions(per_image)
+    gpt2 = tmp_path / "gpt2"
+    _tiny_gpt2(gpt2, [c for caps in per_image for c in caps])
+    spec = json.dumps({"checkpoint_every": 2, "captioner": {"steps": 6, "batch": 4, "prefix_len": 2}})
+
+    def train(out: str) -> int:
+        return main(["train-captioner", "--stimuli", str(stim), "--gpt2", str(gpt2), "--spec", spec, "--out", out])
+
+    assert train(str(tmp_path / "whole")) == 0
+    schedule = kit._schedule
+
+    def interrupt_at_step_4(step: int, total: int, warmup: int = 100) -> float:
+        if step == 4:
+            raise KeyboardInterrupt
+        return schedule(step, total, warmup)
+
+    monkeypatch.setattr(kit, "_schedule", interrupt_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(str(tmp_path / "resumed"))
+    monkeypatch.setattr(kit, "_schedule", schedule)
+    assert (tmp_path / "resumed/checkpoints/captioner.pt").exists() and not (tmp_path / "resumed/captioner").exists()
+    with caplog.at_level("INFO"):
+        assert train(str(tmp_path / "resumed")) == 0
+    assert "resuming at step 4" in caplog.text
+
+    def load(run: str):
+        return load_captioner(ModelSpec(role="captioner", name=str(tmp_path / run / "captioner"), source="captioner"))
+
+    whole, resumed = load("whole"), load("resumed")
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    start = GPT2LMHeadModel.from_pretrained(gpt2).transformer.h[0].mlp.c_fc.weight
+    assert not torch.equal(start, whole.lm.transformer.h[0].mlp.c_fc.weight)  # GPT-2 itself was fine-tuned
+    assert whole.tokenizer.pad_token == whole.tokenizer.eos_token and whole.prefix_len == 2
+    assert len(whole.generate(torch.zeros(2, whole.clip_dim), num_beams=2, max_new_tokens=4)) == 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from brainatt.io import BrainattError
-from brainatt.scuba.projection import disjoint_subsets, project, unit_candidates
+from brainatt.scuba.projection import disjoint_subsets, project, project_stream, subset_labels, unit_candidates
 
 
 @pytest.fixture
@@ -86,3 +86,19 @@ def test_repeat_subsets_are_disjoint_and_equal() -> None:
     subsets = disjoint_subsets(103, 5, seed=0)
     assert [len(s) for s in subsets] == [20] * 5
     assert len(np.unique(np.concatenate(subsets))) == 100
+
+
+@pytest.mark.parametrize("top_k", [None, 7])
+def test_repeats_projected_in_one_pass_equal_separate_projections(candidates, top_k: int | None) -> None:
+    _, dirs, norms = candidates
+    w = np.random.default_rng(6).normal(size=(9, 16)).astype(np.float32)
+    labels = subset_labels(len(dirs), 3, seed=2)
+
+    def chunks():
+        for c0 in range(0, len(dirs), 64):
+            yield dirs[c0 : c0 + 64], norms[c0 : c0 + 64], labels[c0 : c0 + 64]
+
+    out = project_stream(w, chunks, repeats=3, beta=30.0, voxel_batch=4, top_k=top_k)
+    for k in range(3):
+        rows = labels == k
+        np.testing.assert_allclose(out[k], project(w, dirs[rows], norms[rows], beta=30.0, top_k=top_k), atol=1e-5)

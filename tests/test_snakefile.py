@@ -90,10 +90,30 @@ def test_clip_features_are_buildable_on_request() -> None:
 
 def test_scuba_is_buildable_by_name_outside_the_default_target() -> None:
     output = _demo_dry_run("--forceall", "results/tables/scuba_nouns.tsv")
-    for command in ("brainatt synth-candidates", "brainatt features --role clip", "brainatt scuba ", "scuba-summary"):
+    for command in ("brainatt synth-candidates", "scuba-candidates --source synth", "brainatt scuba ", "scuba-summary"):
         assert command in output
-    assert "results/scuba/candidates/features/kit-clip.h5" in output
+    assert "results/scuba/candidates/kit-clip.h5" in output
     assert "brainatt scuba" not in _demo_dry_run("--forceall")
+
+
+def test_scuba_candidates_come_from_the_configured_source(tmp_path) -> None:
+    folder = tmp_path / "coco"
+    folder.mkdir()
+    override = {"scuba": {"candidates": {"source": "folder", "path": str(folder)}}}
+    output = _demo_dry_run("results/scuba/candidates/kit-clip.h5", override=override, tmp=tmp_path)
+    assert f"scuba-candidates --source folder --path {folder}" in output and "synth-candidates" not in output
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump({"scuba": {"candidates": {"source": "embeddings"}}}))
+    run = _run(REPO, "-n", "--cores", "1", "--configfile", "config/config.yaml", str(tmp_path / "override.yaml"))
+    assert run.returncode != 0 and "path" in run.stdout + run.stderr  # the schema asks for the file
+
+
+def test_scuba_captioner_training_is_built_by_name_only(tmp_path) -> None:
+    output = _demo_dry_run("results/scuba/captioner/captioner")
+    assert "brainatt train-captioner --stimuli results/stimuli/images.h5" in output and "--gpt2" not in output
+    override = {"scuba": {"train_captioner": {"gpt2": "/models/gpt2", "lr": 2e-5}}}
+    output = _demo_dry_run("results/scuba/captioner/captioner", override=override, tmp=tmp_path)
+    assert "--gpt2 /models/gpt2" in output and '"lr": 2e-05' in output
+    assert "train-captioner" not in _demo_dry_run()
 
 
 def _copy_workflow(dest: Path) -> Path:

@@ -3,6 +3,7 @@
 - `responses`: ``results/prep/{subject}/responses.h5``;
 - `stimuli`: ``results/stimuli/images.h5``;
 - `features`: ``results/features/…h5``;
+- `candidates`: ``results/scuba/candidates/…h5`` (BrainSCUBA's candidate CLIP embeddings);
 - `encoding`: ``results/encoding/{subject}/{encoder}/``.
 
 Every stage reads and writes these files through this package only; a reader turns anything malformed into one

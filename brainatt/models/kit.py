@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from tqdm import tqdm
 from brainatt import __version__
 from brainatt.images import images_to_tensor
 from brainatt.io import BrainattError, atomic_path, file_hash, write_json
-from brainatt.models.spec import SHIPPED_KIT
+from brainatt.models.spec import SHIPPED_KIT, ModelSpec
 from brainatt.synth.scenes import GENERATOR_VERSION, caption, generator_fingerprint, render_many, sample_scene
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,8 @@ def _train(
     model.train()
     with tqdm(total=steps, initial=start, desc=f"kit {name}") as bar:
         for step in range(start, steps):
-            rng = np.random.default_rng([seed, step])  # batch depends only on the step: resume is exact
+            rng = np.random.default_rng([seed, step])  # batch and dropout depend only on the step: resume is exact
+            torch.manual_seed(int(np.random.default_rng([seed, step, 1]).integers(2**62)))
             for g in opt.param_groups:
                 g["lr"] = lr * _schedule(step, steps)
             loss = loss_fn(rng.choice(n_items, size=batch, replace=False), rng)
@@ -265,38 +266,51 @@ def train_clip(cfg: KitConfig, images: np.ndarray, captions: list[str], tokenize
     tokenizer.save_pretrained(out)
 
 
+@torch.no_grad()
+def embed_images(
+    clip: ModelSpec | str | Path, batches: Iterable[np.ndarray], kit_dir: str | Path | None = None
+) -> torch.Tensor:
+    """Raw CLIP image embeddings ``(N, D)`` of ``(B, H, W, 3) uint8`` image batches (a captioner's prefixes)."""
+    from brainatt.models.loading import load_clip
+
+    spec = clip if isinstance(clip, ModelSpec) else ModelSpec(role="clip", name=str(clip))
+    model = load_clip(spec, kit_dir=kit_dir)
+    return torch.cat([model.encode_image(images_to_tensor(b)).float() for b in batches])
+
+
 def train_captioner(
-    cfg: KitConfig, images: np.ndarray, captions: list[str], tokenizer, clip_dir: Path, out: Path
+    cfg: KitConfig, embeddings: torch.Tensor, captions: list[str], tokenizer, out: Path, lm=None
 ) -> None:
+    """The prefix captioner (mapping MLP + GPT-2) on (raw CLIP embedding, caption) pairs, saved to ``out``.
+
+    ``lm``: a pretrained GPT-2 (with ``tokenizer``, its own) to fine-tune; None: a small GPT-2 of
+    ``cfg.captioner`` trained from scratch (the kit). Checkpoints go to ``out``'s sibling ``checkpoints/``.
+    """
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from brainatt.models.captioner import PrefixCaptioner
-    from brainatt.models.loading import load_clip
-    from brainatt.models.spec import ModelSpec
 
-    clip = load_clip(ModelSpec(role="clip", name=str(clip_dir)))
-    with torch.no_grad():
-        emb = torch.cat([clip.encode_image(images_to_tensor(images[i : i + 512])) for i in range(0, len(images), 512)])
     c = cfg.captioner
     torch.manual_seed(cfg.seed)
-    lm = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=64,
-            n_embd=c.width,
-            n_layer=c.layers,
-            n_head=c.width // 32,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+    if lm is None:
+        lm = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(tokenizer),
+                n_positions=64,
+                n_embd=c.width,
+                n_layer=c.layers,
+                n_head=c.width // 32,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         )
-    )
-    model = PrefixCaptioner(lm, tokenizer, clip_dim=emb.shape[1], prefix_len=c.prefix_len)
+    model = PrefixCaptioner(lm, tokenizer, clip_dim=embeddings.shape[1], prefix_len=c.prefix_len)
     _train(
         "captioner",
         model,
-        lambda idx, _rng: model(emb[idx], [captions[i] for i in idx]),
-        len(images),
+        lambda idx, _rng: model(embeddings[idx], [captions[i] for i in idx]),
+        len(embeddings),
         c.steps,
         c.batch,
         c.lr,
@@ -304,7 +318,8 @@ def train_captioner(
         cfg.checkpoint_every,
         cfg.seed,
     )
-    model.save_pretrained(out)
+    with atomic_path(out, directory=True) as tmp:
+        model.save_pretrained(tmp)
 
 
 def train_diffusion(cfg: KitConfig, images: np.ndarray, captions: list[str], clip_dir: Path, out: Path) -> None:
@@ -313,7 +328,6 @@ def train_diffusion(cfg: KitConfig, images: np.ndarray, captions: list[str], cli
 
     from brainatt.models.diffusion import build_unet, denoising_loss, make_train_scheduler
     from brainatt.models.loading import load_clip
-    from brainatt.models.spec import ModelSpec
 
     d = cfg.diffusion
     p = d.space_to_depth
@@ -386,7 +400,8 @@ def train_kit(cfg: KitConfig, out: str | Path, parts: tuple[str, ...] = PARTS) -
         from transformers import PreTrainedTokenizerFast
 
         tokenizer = PreTrainedTokenizerFast.from_pretrained(out / "tokenizer")
-        train_captioner(cfg, images, captions, tokenizer, out / "clip", out / "captioner")
+        embeddings = embed_images(out / "clip", (images[i : i + 512] for i in range(0, len(images), 512)))
+        train_captioner(cfg, embeddings, captions, tokenizer, out / "captioner")
     if "diffusion" in parts:
         train_diffusion(cfg, images, captions, out / "clip", out / "diffusion")
     files = {

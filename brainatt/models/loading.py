@@ -244,3 +244,22 @@ def load_captioner(spec: ModelSpec, device: str = "cpu", kit_dir: str | Path | N
 
     name = resolve_kit(spec.name, kit_dir)
     return hub_guard(spec, name, lambda: PrefixCaptioner.from_pretrained(name).to(device).eval())
+
+
+def load_gpt2(name: str) -> tuple[Any, Any]:
+    """A pretrained GPT-2 language model and its tokenizer (a local directory or a Hugging Face id), the start of
+    a captioner's fine-tuning. A tokenizer without a padding token pads with its end-of-text token."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    spec = ModelSpec(role="captioner", name=name, source="captioner")
+
+    def load() -> tuple[Any, Any]:
+        lm = GPT2LMHeadModel.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has no end-of-text token")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return lm, tokenizer
+
+    return hub_guard(spec, name, load)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from brainatt.contracts.candidates import Candidates
 from brainatt.contracts.features import FeatureCache
 from brainatt.contracts.responses import read_responses
 from brainatt.encoding.data import SubjectData
@@ -30,7 +31,7 @@ from brainatt.models.diffusion import sample
 from brainatt.models.loading import load_captioner, load_clip, load_diffusion
 from brainatt.models.spec import ModelSpec
 from brainatt.scuba.encoder import VoxelEncoder, fit_subject
-from brainatt.scuba.projection import BETA, disjoint_subsets, project, unit_candidates
+from brainatt.scuba.projection import BETA, CandidateChunks, project_stream, subset_labels, unit_candidates
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class ScubaConfig:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ScubaConfig:
         known = set(cls.__dataclass_fields__)
-        unknown = set(cfg) - known - {"candidates", "lexicon", "noun", "min_nc"}
+        unknown = set(cfg) - known - {"candidates", "lexicon", "noun", "min_nc", "train_captioner"}
         if unknown:
             raise BrainattError(f"scuba: unknown settings {sorted(unknown)}; known: {sorted(known)}")
         return cls(**{k: v for k, v in cfg.items() if k in known})
@@ -87,17 +88,26 @@ def voxel_categories(responses: str | Path, roi_categories: Mapping[str, str]) -
     return out.astype(str)
 
 
-def load_candidates(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Unit directions and norms of a candidate feature file's raw CLIP embeddings; zero/NaN rows dropped (logged)."""
-    cache = FeatureCache(path)
-    if cache.layers:
-        raise BrainattError(f"{path}: a backbone feature file; candidates need CLIP features (features --role clip)")
-    raw = cache.pooled(cache.nsd_ids)
-    norms = np.linalg.norm(raw, axis=1)
-    good = np.isfinite(norms) & (norms > 0)
-    if not good.all():
-        log.warning("%s: %d of %d candidate embeddings are zero or not finite: dropped", path, (~good).sum(), len(raw))
-    return unit_candidates(raw[good], str(path))
+def candidate_chunks(
+    path: str | Path, clip_features: str | Path, repeats: int, seed: int, chunk: int
+) -> tuple[CandidateChunks, int]:
+    """The candidate file streamed for the projection: unit directions, norms and repeat labels per chunk, and
+    the number of candidates. Candidates embedded by another CLIP model than the encoder's features are refused."""
+    cands = Candidates(path)
+    spec = FeatureCache(clip_features).spec
+    if cands.model_spec and ModelSpec.from_json(cands.model_spec) != spec:
+        raise BrainattError(
+            f"{path}: candidates embedded by {ModelSpec.from_json(cands.model_spec).name}, the encoder's features "
+            f"({clip_features}) by {spec.name}: re-embed the candidates with the CLIP role's model"
+        )
+    labels = subset_labels(len(cands), repeats, seed)
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        for start, raw in cands.chunks(chunk):
+            dirs, norms = unit_candidates(raw, str(path))
+            yield dirs, norms, labels[start : start + len(raw)]
+
+    return chunks, len(cands)
 
 
 def caption_embeddings(captioner: Any, embeddings: np.ndarray, cfg: ScubaConfig) -> list[str]:
@@ -188,15 +198,12 @@ def run_scuba(
     times["encoder"] = time.time() - t
 
     t = time.time()
-    dirs, norms = load_candidates(candidates)
-    subsets = disjoint_subsets(len(dirs), cfg.repeats, cfg.seed)
+    chunks, n_candidates = candidate_chunks(candidates, clip_features, cfg.repeats, cfg.seed, cfg.chunk)
     v = captioned_voxels(sub, enc.r, cfg.voxels_per_roi)
-    projections = [
-        project(enc.weights[v], dirs[s], norms[s], beta=cfg.beta, chunk=cfg.chunk, top_k=cfg.top_k) for s in subsets
-    ]
+    projections = project_stream(enc.weights[v], chunks, cfg.repeats, cfg.beta, top_k=cfg.top_k)
     times["projection"] = time.time() - t
-    log.info("projected %d voxels onto %d × %d candidates in %.1f s", len(v), cfg.repeats, len(subsets[0]),
-             times["projection"])  # fmt: skip
+    log.info("projected %d voxels onto %d × %d candidates in %.1f s", len(v), cfg.repeats,
+             n_candidates // cfg.repeats, times["projection"])  # fmt: skip
 
     t = time.time()
     captioner = load_captioner(models["captioner"], kit_dir=kit_dir)
@@ -220,7 +227,7 @@ def run_scuba(
             for b, img in enumerate(imgs):
                 Image.fromarray(img).save(tmp / "images" / f"{cat}_{b}.png")
         summary = {
-            "config": asdict(cfg), "n_voxels": sub.n_voxels, "n_captioned": len(v), "n_candidates": len(dirs),
+            "config": asdict(cfg), "n_voxels": sub.n_voxels, "n_captioned": len(v), "n_candidates": n_candidates,
             "seconds": times,
         }  # fmt: skip
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))

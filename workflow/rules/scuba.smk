@@ -3,12 +3,13 @@
 
 SCUBA = config["scuba"]
 SCUBA_CANDIDATES = SCUBA["candidates"]
-# Candidate CLIP embeddings: a user's precomputed feature file, or the CLIP role run over an images.h5 (nsd-synth:
-# fresh scenes written by synth-candidates; real data: the images file the config names).
-SCUBA_IMAGES = SCUBA_CANDIDATES.get("images") or "results/scuba/candidates/images.h5"
-SCUBA_EMBEDDINGS = SCUBA_CANDIDATES.get("embeddings") or (
-    f"results/scuba/candidates/features/{slug(config['models']['clip']['name'])}.h5"
-)
+# Candidate CLIP embeddings (results/scuba/candidates/{clip}.h5) from scuba.candidates.source: synth (fresh scenes
+# written by synth-candidates), images (an HDF5 of images), folder (an image folder) or embeddings (a precomputed
+# file, copied); the last three read scuba.candidates.path.
+SCUBA_SOURCE = SCUBA_CANDIDATES.get("source", "synth")
+SCUBA_SOURCE_PATH = "results/scuba/candidates/images.h5" if SCUBA_SOURCE == "synth" else SCUBA_CANDIDATES["path"]
+SCUBA_EMBEDS_WITH_KIT = SCUBA_SOURCE != "embeddings" and config["models"]["clip"]["name"].startswith("kit:")
+SCUBA_EMBEDDINGS = f"results/scuba/candidates/{slug(config['models']['clip']['name'])}.h5"
 SCUBA_MODELS = json.dumps(
     {
         "clip": config["models"]["clip"],
@@ -17,8 +18,9 @@ SCUBA_MODELS = json.dumps(
     },
     sort_keys=True,
 )
+SCUBA_NOT_RUN_SETTINGS = ("candidates", "captioner", "diffusion", "lexicon", "noun", "train_captioner")
 SCUBA_SETTINGS = json.dumps(
-    {k: v for k, v in SCUBA.items() if k not in ("candidates", "captioner", "diffusion", "lexicon", "noun")},
+    {k: v for k, v in SCUBA.items() if k not in SCUBA_NOT_RUN_SETTINGS},
     sort_keys=True,
 )
 
@@ -48,19 +50,21 @@ rule scuba_candidates:
         "--kit {params.kit:q} --out {output} > {log} 2>&1"
 
 
-rule scuba_candidate_features:
+rule scuba_candidate_embeddings:
     input:
-        stimuli=SCUBA_IMAGES,
-        kit=kit_input,
+        source=SCUBA_SOURCE_PATH,
+        kit=kit_input if SCUBA_EMBEDS_WITH_KIT else [],
     output:
-        "results/scuba/candidates/features/{slug}.h5",
+        SCUBA_EMBEDDINGS,
     params:
+        source=SCUBA_SOURCE,
+        dataset=f"--dataset {SCUBA_CANDIDATES['dataset']}" if SCUBA_CANDIDATES.get("dataset") else "",
         model=json.dumps(config["models"]["clip"], sort_keys=True),
         kit=KIT_DIR,
     log:
-        "logs/scuba/candidate_features/{slug}.log",
+        "logs/scuba/candidate_embeddings.log",
     benchmark:
-        "benchmarks/scuba/candidate_features/{slug}.tsv"
+        "benchmarks/scuba/candidate_embeddings.tsv"
     threads: 2
     resources:
         mem_mb=8000,
@@ -69,8 +73,47 @@ rule scuba_candidate_features:
     conda:
         CONDA_ENV
     shell:
-        "brainatt features --role clip --stimuli {input.stimuli} --model {params.model:q} --kit {params.kit:q} "
-        "--out {output} > {log} 2>&1"
+        "brainatt scuba-candidates --source {params.source} --path {input.source:q} {params.dataset} "
+        "--model {params.model:q} --kit {params.kit:q} --out {output} > {log} 2>&1"
+
+
+# A captioner for other images (built by name): mapping network + GPT-2 (pretrained: fine-tuned; else new) on the
+# stimuli's image-caption pairs; checkpoints in results/scuba/captioner/checkpoints survive a failed job.
+SCUBA_TRAIN = SCUBA["train_captioner"]
+SCUBA_TRAIN_SPEC = json.dumps(
+    {
+        "seed": SCUBA_TRAIN["seed"],
+        "checkpoint_every": SCUBA_TRAIN["checkpoint_every"],
+        "captioner": {k: SCUBA_TRAIN[k] for k in ("prefix_len", "steps", "batch", "lr") if k in SCUBA_TRAIN},
+    },
+    sort_keys=True,
+)
+
+
+rule scuba_captioner:
+    input:
+        stimuli="results/stimuli/images.h5",
+        kit=kit_input if config["models"]["clip"]["name"].startswith("kit:") else [],
+    output:
+        directory("results/scuba/captioner/captioner"),
+    params:
+        gpt2=f"--gpt2 {SCUBA_TRAIN['gpt2']}" if SCUBA_TRAIN.get("gpt2") else "",
+        clip=json.dumps(config["models"]["clip"], sort_keys=True),
+        spec=SCUBA_TRAIN_SPEC,
+        kit=KIT_DIR,
+    log:
+        "logs/scuba/captioner.log",
+    benchmark:
+        "benchmarks/scuba/captioner.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=720,
+    conda:
+        CONDA_ENV
+    shell:
+        "brainatt train-captioner --stimuli {input.stimuli} --clip {params.clip:q} {params.gpt2} --kit {params.kit:q} "
+        "--spec {params.spec:q} --out results/scuba/captioner > {log} 2>&1"
 
 
 rule scuba:
