@@ -84,22 +84,16 @@ def _prepare_parent(path: Path) -> None:
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:  # a file stands where a folder of the path should be
+    except (FileExistsError, NotADirectoryError):  # a file stands where a folder of the path should be
         blocker = next((p for p in [parent, *parent.parents] if p.exists() and not p.is_dir()), parent)
         raise BrainattError(
             f"{blocker}: is a file, so the output {path} cannot be written under it: move it away or choose "
             "another output path"
         ) from None
-    except NotADirectoryError:
-        blocker = next((p for p in parent.parents if p.exists() and not p.is_dir()), parent)
+    except OSError as e:
         raise BrainattError(
-            f"{blocker}: is a file, so the output {path} cannot be written under it: move it away or choose "
-            "another output path"
-        ) from None
-    except PermissionError:
-        raise BrainattError(
-            f"{parent}: cannot create the output folder (permission denied): fix its permissions or choose "
-            "another output path"
+            f"{parent}: cannot create the output folder ({e.strerror}): fix its permissions or choose another "
+            "output path"
         ) from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BrainattError(
@@ -126,9 +120,10 @@ def _tmp_sibling(path: Path, directory: bool) -> Path:
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600 whatever the umask
             os.close(fd)
             tmp = Path(name)
-    except PermissionError:
+    except OSError as e:
         raise BrainattError(
-            f"{path.parent}: the output folder is not writable: fix its permissions or choose another output path"
+            f"{path.parent}: cannot write in the output folder ({e.strerror}): fix its permissions or choose "
+            "another output path"
         ) from None
     return tmp
 
