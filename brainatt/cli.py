@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import signal
 import sys
 import tempfile
@@ -562,20 +563,34 @@ def _signals_raise() -> Iterator[None]:
     """SIGINT and SIGTERM become exceptions for the block, and none is lost in a cleanup callback.
 
     An exception raised inside a finalizer (h5py's weak-reference registry runs many) is printed as "Exception
-    ignored" and dropped, so a Ctrl-C landing there did nothing. The unraisable hook re-delivers such a signal to
-    the main thread from a helper thread, once the finalizer (and the hook) have returned, so it lands in ordinary
-    code (or, landing in a finalizer again, is re-delivered again).
+    ignored" and dropped, so a Ctrl-C landing there did nothing. The unraisable hook only queues such a signal; a
+    helper thread re-delivers it to the main thread once the hook has returned (a signal landing in the hook itself
+    would be dropped too), so it lands in ordinary code, or, landing in a finalizer again, is queued again.
     """
     previous_hook = sys.unraisablehook
+    pending: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    in_hook = [False]  # a plain flag: setting it runs no Python code a signal could land in
+
+    def redeliver_loop() -> None:
+        while (signum := pending.get()) is not None:
+            while in_hook[0]:
+                time.sleep(0.001)
+            time.sleep(0.005)
+            _thread.interrupt_main(signum)
 
     def redeliver(unraisable: sys.UnraisableHookArgs) -> None:
+        in_hook[0] = True
         exc = unraisable.exc_value
-        if isinstance(exc, KeyboardInterrupt | Terminated):
-            signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-            threading.Timer(0.01, _thread.interrupt_main, (signum,)).start()
+        if isinstance(exc, Terminated):
+            pending.put(exc.signum)
+        elif isinstance(exc, KeyboardInterrupt):
+            pending.put(signal.SIGINT)
         else:
             previous_hook(unraisable)
+        in_hook[0] = False
 
+    helper = threading.Thread(target=redeliver_loop, name="brainatt-signals", daemon=True)
+    helper.start()
     handled = (signal.SIGINT, signal.SIGTERM)
     previous = {s: signal.signal(s, _raise_on_signal) for s in handled}
     sys.unraisablehook = redeliver
@@ -585,6 +600,7 @@ def _signals_raise() -> Iterator[None]:
         sys.unraisablehook = previous_hook
         for s, handler in previous.items():
             signal.signal(s, handler)
+        pending.put(None)
 
 
 def traceback_log(command: str) -> Path:
