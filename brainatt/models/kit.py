@@ -31,11 +31,11 @@ from tqdm import tqdm
 from brainatt import __version__
 from brainatt.images import images_to_tensor
 from brainatt.io import BrainattError, atomic_path, file_hash, write_json
-from brainatt.models.spec import SHIPPED_KIT, read_kit_manifest, verify_kit
+from brainatt.models.spec import KIT_MANIFEST, SHIPPED_KIT, read_kit_manifest, verify_kit
 from brainatt.synth.scenes import GENERATOR_VERSION, caption, generator_fingerprint, render_many, sample_scene
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
+MANIFEST = KIT_MANIFEST
 SPECIAL = {"pad_token": "<|pad|>", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}
 
 
