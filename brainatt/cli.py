@@ -567,6 +567,9 @@ def _signals_raise() -> Iterator[None]:
     helper thread re-delivers it to the main thread once the hook has returned (a signal landing in the hook itself
     would be dropped too), so it lands in ordinary code, or, landing in a finalizer again, is queued again.
     """
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
     previous_hook = sys.unraisablehook
     pending: queue.SimpleQueue[int | None] = queue.SimpleQueue()
     in_hook = [False]  # a plain flag: setting it runs no Python code a signal could land in
