@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -299,6 +300,23 @@ def test_snakemake_reports_a_schema_error_in_one_line(tmp_path: Path) -> None:
     )
     assert run.returncode == 1
     assert f"{path}:5: kit.clip.vision_width: -8 is less than the minimum of 32" in run.stdout + run.stderr
+
+
+def test_snakemake_reports_a_syntax_error_in_the_embedded_config_with_its_line(tmp_path: Path) -> None:
+    """The workflow copied with a broken config/config.yaml: Snakemake's own message would have no line."""
+    for part in ("Snakefile", "workflow", "config"):
+        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, tmp_path / part)
+    config = tmp_path / "config/config.yaml"
+    lines = config.read_text().splitlines()
+    broken = next(i for i, line in enumerate(lines) if line.startswith("  subjects: ["))
+    lines[broken] = "  subjects: [subj01"  # unclosed: the parser notices on the next line
+    config.write_text("\n".join(lines) + "\n")
+    run = subprocess.run(
+        [shutil.which("snakemake") or "snakemake", "-n"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 1
+    found = re.search(r"config/config\.yaml:(\d+):\d+: YAML syntax error", run.stdout + run.stderr)
+    assert found and int(found.group(1)) in (broken + 1, broken + 2), run.stderr
 
 
 # ---------------------------------------------------------------------------------- the top-level handler
