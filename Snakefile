@@ -1,5 +1,6 @@
 """brainatt: NSD-style fMRI → encoders, brain-guided diffusion, voxel captions, cross-subject decoding."""
 
+import os
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -9,7 +10,7 @@ min_version("8.20")
 sys.path.insert(0, f"{workflow.basedir}/workflow/lib")
 from config_check import ConfigError, check_schema, check_syntax
 
-SCHEMA = "workflow/schemas/config.schema.yaml"
+SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
 CONFIG_FILES = [str(f) for f in workflow.overwrite_configfiles] or ["config/config.yaml"]
 
 
@@ -18,7 +19,8 @@ CONFIG_FILES = [str(f) for f in workflow.overwrite_configfiles] or ["config/conf
 # file and line.
 if not workflow.overwrite_configfiles:
     try:
-        check_syntax("config/config.yaml")
+        if os.path.exists("config/config.yaml"):
+            check_syntax("config/config.yaml")
     except ConfigError as e:
         raise WorkflowError(str(e)) from None
 
