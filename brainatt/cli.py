@@ -1,19 +1,31 @@
 """``brainatt <stage> …``: the commands the Snakemake rules call, one per stage.
 
-Bad input raises `BrainattError`; it is printed as one line (``brainatt: error: …``) with exit status 2.
+Bad input raises `BrainattError`; it is printed as one line (``brainatt: error: …``) with exit status 2. Any other
+exception is printed as one line too, naming the log file that holds its traceback (exit status 1). Ctrl-C (SIGINT)
+and SIGTERM stop the command at once, removing its temporaries (exit status 130 and 143).
 """
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import contextlib
 import json
 import logging
+import os
+import queue
+import signal
 import sys
-from collections.abc import Callable
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 from brainatt import __version__
-from brainatt.io import BrainattError
+from brainatt.errors import BrainattError
 
 log = logging.getLogger("brainatt")
 
@@ -569,18 +581,122 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+class Terminated(BaseException):
+    """SIGTERM (as ``scancel``, a job scheduler or ``kill`` send it), raised where the program is, so every
+    ``with`` block unwinds: `brainatt.io.atomic_path` removes its temporary."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_on_signal(signum: int, frame: FrameType | None) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM become exceptions for the block, and none is lost in a cleanup callback.
+
+    An exception raised inside a finalizer (h5py's weak-reference registry runs many) is printed as "Exception
+    ignored" and dropped, so a Ctrl-C landing there did nothing. The unraisable hook only queues such a signal; a
+    helper thread re-delivers it to the main thread once the hook has returned (a signal landing in the hook itself
+    would be dropped too), so it lands in ordinary code, or, landing in a finalizer again, is queued again.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+    previous_hook = sys.unraisablehook
+    pending: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    in_hook = [False]  # a plain flag: setting it runs no Python code a signal could land in
+
+    def redeliver_loop() -> None:
+        while (signum := pending.get()) is not None:
+            while in_hook[0]:
+                time.sleep(0.001)
+            time.sleep(0.005)
+            _thread.interrupt_main(signum)
+
+    def redeliver(unraisable: sys.UnraisableHookArgs) -> None:
+        in_hook[0] = True
+        exc = unraisable.exc_value
+        if isinstance(exc, Terminated):
+            pending.put(exc.signum)
+        elif isinstance(exc, KeyboardInterrupt):
+            pending.put(signal.SIGINT)
+        else:
+            previous_hook(unraisable)
+        in_hook[0] = False
+
+    helper = threading.Thread(target=redeliver_loop, name="brainatt-signals", daemon=True)
+    helper.start()
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, _raise_on_signal) for s in handled}
+    sys.unraisablehook = redeliver
     try:
+        yield
+    finally:
+        sys.unraisablehook = previous_hook
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        pending.put(None)
+
+
+def traceback_log(command: str) -> Path:
+    """Where an unexpected error's traceback goes: ``$BRAINATT_LOG_DIR`` (default: the temporary folder)."""
+    folder = Path(os.environ.get("BRAINATT_LOG_DIR") or tempfile.gettempdir())
+    return folder / f"brainatt-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
+def _report_unexpected(command: str, argv: list[str], error: BaseException) -> str:
+    """Write the traceback to a log file; return the one line that names it."""
+    text = "".join(traceback.format_exception(error))
+    what = " ".join(str(error).split())[:300] or "(no message)"
+    path = traceback_log(command)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"brainatt {__version__}\nargv: {argv}\n\n{text}")
+        where = f"traceback in {path}"
+    except OSError as e:  # nowhere to write it: the terminal is the last resort
+        print(text, file=sys.stderr, end="")
+        where = f"traceback above (cannot write {path}: {e.strerror})"
+    return (
+        f"brainatt: error: unexpected {type(error).__name__} in `brainatt {command}`: {what} ({where}; "
+        "the input was not checked for this, please report it with the log)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with _signals_raise():
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
+    command = "(starting)"
+    try:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+            stream=sys.stderr,
+        )
         args.func(args)
     except BrainattError as e:
         print(f"brainatt: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"brainatt: interrupted (SIGINT): `brainatt {command}` stopped", file=sys.stderr)
+        return 130
+    except Terminated as e:
+        print(f"brainatt: terminated ({e}): `brainatt {command}` stopped", file=sys.stderr)
+        return 128 + e.signum
+    except Exception as e:
+        print(_report_unexpected(command, argv, e), file=sys.stderr)
+        return 1
     return 0
 
 

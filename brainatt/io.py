@@ -1,11 +1,13 @@
-"""Shared I/O: the project's error type, atomic writes and the attributes every output file carries."""
+"""Shared I/O: atomic writes, the attributes every output file carries, and the error type (from `errors`)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -16,10 +18,9 @@ import h5py
 import numpy as np
 
 from brainatt import __version__
+from brainatt.errors import BrainattError as BrainattError  # re-exported: the home most modules import it from
 
-
-class BrainattError(Exception):
-    """Bad input or configuration: the message names the file and what to do; the CLI prints it as one line."""
+log = logging.getLogger(__name__)
 
 
 def config_hash(config: Any) -> str:
@@ -44,31 +45,107 @@ def stamp(f: h5py.File | h5py.Group, config: Any, units: str) -> None:
     f.attrs["units"] = units
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    """The process umask: from /proc where there is one (no window where another thread sees a different one)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _tmp_pattern(path: Path) -> re.Pattern[str]:
+    """Names of ``path``'s temporaries: ``.NAME.<8 random characters>.tmp`` (as `tempfile` makes them)."""
+    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}{re.escape(TMP_SUFFIX)}")
+
+
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """Hidden temporaries of ``path`` left by a job killed before it could clean up (SIGKILL, the OOM killer)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = _tmp_pattern(path)
+    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _prepare_parent(path: Path) -> None:
+    """Create ``path``'s folder, or stop with one line saying why it cannot hold the output."""
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file stands where a folder of the path should be
+        blocker = next((p for p in [parent, *parent.parents] if p.exists() and not p.is_dir()), parent)
+        raise BrainattError(
+            f"{blocker}: is a file, so the output {path} cannot be written under it: move it away or choose "
+            "another output path"
+        ) from None
+    except OSError as e:
+        raise BrainattError(
+            f"{parent}: cannot create the output folder ({e.strerror}): fix its permissions or choose another "
+            "output path"
+        ) from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BrainattError(
+            f"{parent}: the output folder is not writable: fix its permissions or choose another output path"
+        )
+
+
 def _tmp_sibling(path: Path, directory: bool) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
+    """A new hidden temporary next to ``path``, with the mode a plain ``open``/``mkdir`` would give it."""
+    if path.is_dir() and not directory:
+        raise BrainattError(f"{path}: the output path is a folder: remove it or choose another output path")
+    if path.exists() and not path.is_dir() and directory:
+        raise BrainattError(f"{path}: the output path is a file, a folder is written there: remove it")
+    _prepare_parent(path)
+    for stale in stale_temporaries(path):  # a rerun cleans what a killed run left
+        log.info("removing %s, left by an earlier run that was killed", stale)
+        _remove(stale)
+    try:
+        if directory:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700 whatever the umask
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600 whatever the umask
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as e:
+        raise BrainattError(
+            f"{path.parent}: cannot write in the output folder ({e.strerror}): fix its permissions or choose "
+            "another output path"
+        ) from None
+    return tmp
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds.
 
-    A failed job therefore leaves nothing that looks complete (and removes its temporary).
+    A failed or interrupted job (any exception, Ctrl-C, or SIGTERM turned into an exception by the CLI) leaves
+    nothing that looks complete and removes its temporary; a job killed outright leaves it, and the next write of
+    ``path`` removes it. The output gets the modes the umask gives, like any file or folder the user creates.
     """
     path = Path(path)
     tmp = _tmp_sibling(path, directory)
     try:
         yield tmp
+        if path.is_dir() and directory:
+            shutil.rmtree(path)
+        os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
-    if path.is_dir() and directory:
-        shutil.rmtree(path)
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

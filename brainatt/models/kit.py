@@ -31,11 +31,11 @@ from tqdm import tqdm
 from brainatt import __version__
 from brainatt.images import images_to_tensor
 from brainatt.io import BrainattError, atomic_path, file_hash, write_json
-from brainatt.models.spec import SHIPPED_KIT, ModelSpec
+from brainatt.models.spec import KIT_MANIFEST, SHIPPED_KIT, ModelSpec, read_kit_manifest, verify_kit
 from brainatt.synth.scenes import GENERATOR_VERSION, caption, generator_fingerprint, render_many, sample_scene
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
+MANIFEST = KIT_MANIFEST
 SPECIAL = {"pad_token": "<|pad|>", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}
 
 
@@ -108,10 +108,9 @@ def kit_fingerprint(image_size: int) -> str:
 
 
 def kit_is_current(kit_dir: str | Path, image_size: int) -> bool:
-    path = Path(kit_dir) / MANIFEST
-    if not path.exists():
+    if not (Path(kit_dir) / MANIFEST).exists():
         return False
-    return json.loads(path.read_text()).get("generator_fingerprint") == kit_fingerprint(image_size)
+    return read_kit_manifest(kit_dir).get("generator_fingerprint") == kit_fingerprint(image_size)
 
 
 def kit_in_use(image_size: int, retrained: str | Path = "results/kit") -> Path:
@@ -425,13 +424,4 @@ def train_kit(cfg: KitConfig, out: str | Path, parts: tuple[str, ...] = PARTS) -
 
 def check_manifest(kit_dir: str | Path) -> dict:
     """The manifest, after checking every listed file's hash (a damaged kit is an error, not a silent retrain)."""
-    kit_dir = Path(kit_dir)
-    path = kit_dir / MANIFEST
-    if not path.exists():
-        raise BrainattError(f"{path}: no kit manifest: run `snakemake kit`")
-    manifest = json.loads(path.read_text())
-    for rel, digest in manifest["files"].items():
-        f = kit_dir / rel
-        if not f.exists() or file_hash(f) != digest:
-            raise BrainattError(f"{f}: kit file missing or changed since training: retrain with `snakemake kit`")
-    return manifest
+    return verify_kit(kit_dir)

@@ -9,17 +9,26 @@ weights come from safetensors or ``torch.load(weights_only=True)`` inside those 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
+import os
+import socket
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 import torch
 
 from brainatt.io import BrainattError
-from brainatt.models.spec import ModelSpec, resolve_kit
+from brainatt.models.spec import NO_WEIGHTS, ModelSpec, block_indices, closest, resolve_kit
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -43,21 +52,68 @@ def _is_local(name: str) -> bool:
     return Path(name).exists()
 
 
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@functools.cache
+def hub_offline(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub is out of reach, decided once per process.
+
+    ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) says so; otherwise one TCP connection to the hub's host is
+    tried for ``timeout`` seconds (name lookup included). When offline, the hub libraries are switched to offline
+    mode, so a model missing from the local cache fails at once instead of retrying per file.
+    """
+    if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
+        offline = True
+    else:
+        url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+        host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+        reached: list[bool] = []
+
+        def probe() -> None:
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+                reached.append(True)
+            except OSError:
+                pass
+
+        thread = threading.Thread(target=probe, daemon=True)  # the name lookup itself has no timeout
+        thread.start()
+        thread.join(timeout)
+        offline = not reached
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        constants = sys.modules.get("huggingface_hub.constants")
+        if constants is not None:  # already imported: it read the environment at import time
+            constants.HF_HUB_OFFLINE = True
+        log.info("the Hugging Face hub is out of reach: models load from the local cache only")
+    return offline
+
+
 def hub_guard(spec: ModelSpec, name: str, load: Callable[[], T]) -> T:
-    """Run ``load``; a hub model that cannot be fetched becomes one clear line saying how to provide it locally."""
+    """Run ``load``; a model that cannot be loaded becomes one clear line: a damaged local folder, a hub model
+    missing from the cache while offline, or a name the hub does not know (a typo)."""
+    local = _is_local(name) or name.startswith("local-dir:")
+    offline = not local and hub_offline()
     try:
         return load()
     except (OSError, ValueError, RuntimeError) as e:
-        if _is_local(name) or name.startswith("local-dir:"):
+        if local:
             raise BrainattError(
                 f"{name}: cannot load the {spec.role} model ({type(e).__name__}: {e}): "
                 "check the directory holds the library's files"
             ) from None
         what = f"{name}" + (f" / {spec.pretrained}" if spec.pretrained else "")
+        if offline:
+            raise BrainattError(
+                f"{spec.role} model {what} is not in the local cache and the hub cannot be reached (offline): "
+                f"download it where there is network (it lands in the Hugging Face cache), or save it to a "
+                f"directory and set models.{spec.role}.name to that path"
+            ) from None
         raise BrainattError(
-            f"{spec.role} model {what} could not be loaded ({type(e).__name__}): it is not in the local cache and "
-            f"the hub cannot be reached; download it where there is network (it lands in the Hugging Face cache), "
-            f"or save it to a directory and set models.{spec.role}.name to that path"
+            f"{spec.role} model {what} could not be loaded from the hub, which is reachable "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}): check models.{spec.role}.name for a typo"
         ) from None
 
 
@@ -97,14 +153,51 @@ def _open_clip_name(spec: ModelSpec, kit_dir: str | Path | None) -> str:
     return name
 
 
+def _open_clip_pretrained(spec: ModelSpec, name: str) -> str | None:
+    """The ``pretrained`` argument for open_clip, after checking ``name`` and the tag without the network.
+
+    A model name open_clip does not know is a typo (told apart from being offline); a built-in architecture needs
+    a pretrained tag or checkpoint file, or ``pretrained: none`` to mean random weights (else open_clip would give
+    random weights with a log warning only).
+    """
+    import open_clip
+
+    if name.startswith(("local-dir:", "hf-hub:")):
+        return None if spec.pretrained == NO_WEIGHTS else spec.pretrained
+    where = f"models.{spec.role}"
+    known = open_clip.list_models()
+    if name not in known:
+        raise BrainattError(
+            f"{where}.name: {name!r} is neither an open_clip model{closest(name, known)} nor an existing folder: "
+            "fix the name (open_clip.list_models() lists them), or give a folder, hf-hub:ORG/NAME or kit:clip"
+        )
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if spec.pretrained is None:
+        raise BrainattError(
+            f"{where}.pretrained: missing for {name}, which would get random weights: name a tag "
+            f"({', '.join(tags) or 'none published'}) or a checkpoint file, or write `pretrained: {NO_WEIGHTS}` "
+            "for random weights"
+        )
+    if spec.pretrained == NO_WEIGHTS:
+        log.warning("%s: %s with random weights, as models.%s.pretrained: none asks", spec.role, name, spec.role)
+        return None
+    if spec.pretrained not in tags and not Path(spec.pretrained).is_file():
+        raise BrainattError(
+            f"{where}.pretrained: {spec.pretrained!r} is neither a pretrained tag of {name}"
+            f"{closest(spec.pretrained, tags)} nor an existing checkpoint file: choose from {', '.join(tags)}"
+        )
+    return spec.pretrained
+
+
 def load_clip(spec: ModelSpec, device: str = "cpu", kit_dir: str | Path | None = None) -> ClipModel:
     """An open_clip model by name + pretrained tag, checkpoint file, or local directory (``open_clip_config.json``)."""
     import open_clip
 
     name = _open_clip_name(spec, kit_dir)
+    pretrained = _open_clip_pretrained(spec, name)
 
     def load() -> ClipModel:
-        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=spec.pretrained, device=device)
+        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = cfg["size"] if isinstance(cfg["size"], tuple | list) else (cfg["size"], cfg["size"])
         return ClipModel(
@@ -115,6 +208,8 @@ def load_clip(spec: ModelSpec, device: str = "cpu", kit_dir: str | Path | None =
             std=torch.tensor(cfg["std"]),
         )
 
+    if pretrained is None and not name.startswith(("local-dir:", "hf-hub:")):
+        return load()  # random weights, asked for: nothing to fetch
     return hub_guard(spec, name.removeprefix("local-dir:"), load)
 
 
@@ -158,8 +253,7 @@ def load_backbone(spec: ModelSpec, device: str = "cpu", kit_dir: str | Path | No
     if spec.source == "open_clip":
         clip = load_clip(spec, device, kit_dir)
         visual = clip.model.visual
-        n_blocks = len(visual.transformer.resblocks)
-        idx = [layer % n_blocks for layer in spec.layers]
+        idx = block_indices(spec, len(visual.transformer.resblocks))
 
         def tokens(x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
             out = visual.forward_intermediates(x, indices=idx, normalize_intermediates=True, output_fmt="NCHW")
@@ -168,25 +262,50 @@ def load_backbone(spec: ModelSpec, device: str = "cpu", kit_dir: str | Path | No
         patch = visual.patch_size[0] if isinstance(visual.patch_size, tuple) else visual.patch_size
         return Backbone(tokens, visual, spec.layers, clip.image_size, clip.mean, clip.std, patch).to(device)
     if spec.source == "dinov2":
-        from transformers import Dinov2Model
-
         name = resolve_kit(spec.name, kit_dir)
-        model = hub_guard(spec, name, lambda: Dinov2Model.from_pretrained(name, use_safetensors=True))
+        model = hub_guard(spec, name, lambda: _load_dinov2(spec, name))
         cfg = model.config
-        n_blocks = cfg.num_hidden_layers
-        idx = [layer % n_blocks for layer in spec.layers]
+        idx = block_indices(spec, cfg.num_hidden_layers)
         size = int(spec.extra.get("image_size", cfg.image_size))
         grid = size // cfg.patch_size
+        first_patch = 1 + int(getattr(cfg, "num_register_tokens", 0))  # [CLS, registers…, patches…]
 
         def tokens(x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
             hidden = model(pixel_values=x, output_hidden_states=True).hidden_states  # embeddings + each block
-            maps = [model.layernorm(hidden[i + 1])[:, 1:].unflatten(1, (grid, grid)) for i in idx]
+            maps = [model.layernorm(hidden[i + 1])[:, first_patch:].unflatten(1, (grid, grid)) for i in idx]
             return maps, model.layernorm(hidden[-1])[:, 0]
 
         mean = torch.tensor(spec.extra.get("mean", (0.485, 0.456, 0.406)))
         std = torch.tensor(spec.extra.get("std", (0.229, 0.224, 0.225)))
         return Backbone(tokens, model, spec.layers, (size, size), mean, std, cfg.patch_size).to(device)
     raise BrainattError(f"models.{spec.role}.source {spec.source!r} is not a backbone source (open_clip, dinov2)")
+
+
+def _load_dinov2(spec: ModelSpec, name: str) -> torch.nn.Module:
+    """DINOv2, or DINOv2 with registers (by the checkpoint's ``model_type``), with every weight used and none missing.
+
+    Loading a registers checkpoint into the plain class would drop its register tokens with a warning only.
+    """
+    from transformers import AutoConfig, Dinov2Model, Dinov2WithRegistersModel
+
+    config = AutoConfig.from_pretrained(name)
+    classes = {"dinov2": Dinov2Model, "dinov2_with_registers": Dinov2WithRegistersModel}
+    if config.model_type not in classes:
+        raise BrainattError(
+            f"models.{spec.role}.name: {name} is a {config.model_type!r} model, not DINOv2: "
+            "use source: dinov2 with a DINOv2 (with or without registers) checkpoint"
+        )
+    model, info = classes[config.model_type].from_pretrained(
+        name, config=config, use_safetensors=True, output_loading_info=True
+    )
+    unused = [*info.get("missing_keys", []), *info.get("unexpected_keys", []), *info.get("mismatched_keys", [])]
+    if unused:
+        raise BrainattError(
+            f"{name}: the {config.model_type} checkpoint does not match its architecture "
+            f"({len(unused)} weights missing, unexpected or mis-shaped, e.g. {sorted(map(str, unused))[0]}): "
+            "check the folder or hub id"
+        )
+    return model
 
 
 # ------------------------------------------------------------------------------------------------- diffusion

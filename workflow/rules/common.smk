@@ -31,7 +31,10 @@ def kit_in_use(image_size):
     """`brainatt.models.kit.kit_in_use`: the shipped kit when its manifest records the generator fingerprint at
     this image size, else the one rule `kit` trains into results/kit (a kit trained on another world is stale)."""
     manifest = PACKAGE / "kit/manifest.json"
-    recorded = json.loads(manifest.read_text()).get("generator_fingerprint") if manifest.exists() else None
+    try:
+        recorded = json.loads(manifest.read_text()).get("generator_fingerprint") if manifest.exists() else None
+    except ValueError as e:
+        raise WorkflowError(f"{manifest}: the kit manifest is truncated or not JSON ({e}): rerun the kit rule") from None
     return str(PACKAGE / "kit") if recorded == generator_fingerprint(image_size) else "results/kit"
 
 
