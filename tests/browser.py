@@ -158,3 +158,39 @@ class Browser:
 
 def broken_images(result: dict[str, Any]) -> list[str]:
     return [image["src"] for image in result["images"] if not image["ok"]]
+
+
+# In a Snakemake HTML report (`snakemake --report x.html`): every result as the page embeds it, with its category,
+# whether an image result decodes, and for an HTML result (a gallery page) the images it holds that do not load
+# from inside the report (anything but an embedded data: URI that decodes).
+REPORT_RESULTS = """(async () => {
+  const loads = src => new Promise(done => {
+    const img = new Image();
+    img.onload = () => done(img.naturalWidth > 0);
+    img.onerror = () => done(false);
+    img.src = src;
+  });
+  const where = {};
+  for (const [cat, subcats] of Object.entries(categories))
+    for (const [subcat, paths] of Object.entries(subcats)) for (const p of paths) where[p] = [cat, subcat];
+  const rows = [];
+  for (const [path, r] of Object.entries(results)) {
+    const row = {path, mime: r.mime_type, category: where[path], caption: r.caption, loads: null, broken: []};
+    if (r.mime_type.startsWith("image/")) row.loads = await loads(r.data_uri);
+    if (r.mime_type === "text/html") {
+      const page = await (await fetch(r.data_uri)).text();
+      const srcs = [...new DOMParser().parseFromString(page, "text/html").images].map(i => i.getAttribute("src"));
+      row.images = srcs.length;
+      for (const s of srcs) if (!(s.startsWith("data:") && await loads(s))) row.broken.push(s.slice(0, 100));
+    }
+    rows.push(row);
+  }
+  return JSON.stringify(rows);
+})()"""
+
+
+def report_results(browser: Browser, report: Path, screenshot: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Opens a Snakemake HTML report from the file system (screenshot of its first page); returns its results as
+    REPORT_RESULTS lists them and the images on the first page that did not load."""
+    opened = browser.open(report, screenshot, script=REPORT_RESULTS)
+    return json.loads(opened["script"]), broken_images(opened)

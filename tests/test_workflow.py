@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -15,7 +16,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from slurm_cluster import Cluster
 
 from brainatt.contracts.features import FeatureCache
 from brainatt.encoding.data import load_subject
@@ -23,6 +23,10 @@ from brainatt.encoding.encoders import load_encoder
 from brainatt.encoding.train import predict
 from brainatt.synth.algonauts import SYNTH_ATLASES, write_synth_algonauts
 from brainatt.synth.world import WorldSpec
+
+if TYPE_CHECKING:
+    from browser import Browser
+    from slurm_cluster import Cluster
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = {
@@ -146,11 +150,35 @@ def test_tiny_pipeline_runs_end_to_end(tiny_run: Path) -> None:
     table = pd.read_csv(tiny_run / "results/tables/prep.tsv", sep="\t")
     assert list(table.subject) == ["subj01", "subj02"]
     assert table.n_sessions.tolist() == [3, 2]  # subj02 completed 75% of the sessions
-    # Nothing left to do on a second run; a report renders.
+    # Nothing left to do on a second run.
     assert "Nothing to be done" in _snakemake(tiny_run, "-n").stdout + _snakemake(tiny_run, "-n").stderr
+
+
+@pytest.mark.slow
+def test_report_holds_every_figure_and_table_and_opens_in_a_browser(tiny_run: Path, chromium: Browser) -> None:
+    """`snakemake --report report.html` opened from the file system in chromium: every figure and table of the
+    run is in it, in a category per stage and a subcategory per subject (or all subjects), with a caption, and
+    every image loads. The screenshot of its first page lands next to it (report.png)."""
+    from browser import report_results
+
     report = _snakemake(tiny_run, "--report", str(tiny_run / "report.html"))
     assert report.returncode == 0, report.stderr[-2000:]
-    assert (tiny_run / "report.html").stat().st_size > 10_000
+    rows, broken = report_results(chromium, tiny_run / "report.html", tiny_run / "report.png")
+    print(f"report screenshot: {tiny_run / 'report.png'}")
+    assert not broken and (tiny_run / "report.png").stat().st_size > 10_000
+    by_path = {row["path"]: row for row in rows}
+    users_look_at = sorted(
+        str(p.relative_to(tiny_run)) for d in ("tables", "figures") for p in (tiny_run / "results" / d).rglob("*.*")
+    )
+    assert sorted(by_path) == users_look_at
+    for path, row in by_path.items():
+        assert row["caption"].strip() and row["category"], path
+        assert row["loads"] is not False and not row["broken"], path
+    categories = {tuple(row["category"]) for row in rows}
+    assert {("Encoding", "subj01"), ("Encoding", "subj02"), ("Encoding", "All subjects")} <= categories
+    assert {c for c, _ in categories} == {"Preprocessing", "Models", "Encoding"}
+    assert by_path["results/figures/subj02/encoding_attention.png"]["category"] == ["Encoding", "subj02"]
+    assert "subj02" in by_path["results/figures/subj02/encoding_attention.png"]["caption"]  # its own subject named
 
 
 @pytest.mark.slow

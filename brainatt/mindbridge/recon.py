@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from brainatt.contracts.stimuli import Stimuli
-from brainatt.images import images_to_tensor
+from brainatt.images import images_to_tensor, png_data_uri
 from brainatt.io import BrainattError, atomic_path
 from brainatt.metrics import pixel_correlation, ssim, two_way_identification
 from brainatt.models.diffusion import sample
@@ -138,8 +138,8 @@ def reconstruct(
             Image.fromarray(seen[i]).save(tmp / f"{nsd}_seen.png")
             Image.fromarray(recon[i]).save(tmp / f"{nsd}_recon.png")
             rows.append(
-                f"<tr><td>{nsd}</td><td><img src='{nsd}_seen.png' width=128></td>"
-                f"<td><img src='{nsd}_recon.png' width=128></td>"
+                f"<tr><td>{nsd}</td><td><img src='{png_data_uri(seen[i])}' width=128></td>"
+                f"<td><img src='{png_data_uri(recon[i])}' width=128></td>"
                 f"<td>{names[cat_seen[i]]} / {names[cat_recon[i]]}</td></tr>"
             )
         title = html.escape(f"MindBridge reconstructions: {subject}, {Path(run).name}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from brainatt.encoding.summary import write_tsv
+from brainatt.images import png_data_uri
 from brainatt.io import BrainattError, atomic_path
 from brainatt.scuba.nouns import named_categories, noun_shares, repeat_agreement
 from brainatt.viz.encoding import _save, plot_brain_maps
@@ -93,9 +93,9 @@ def _gallery(runs: Mapping[str, Path], tables: Mapping[str, tuple[pd.DataFrame, 
         for source, rows in own.groupby("source"):
             parts.append(f"<tr><th>{html.escape(str(source))}</th>")
             for _, row in rows.iterrows():
-                rel = os.path.relpath(runs[subject] / "images" / f"{source}_{row['image']}.png", out.parent)
+                src = png_data_uri(runs[subject] / "images" / f"{source}_{row['image']}.png")
                 score = f"pred {row['predicted']:.2f}" + (f", true {row['true']:.2f}" if "true" in row else "")
-                parts.append(f"<td><img src='{html.escape(rel)}'><br>{html.escape(row['prompt'])}<br>{score}</td>")
+                parts.append(f"<td><img src='{src}'><br>{html.escape(row['prompt'])}<br>{score}</td>")
             parts.append("</tr>")
         parts.append("</table>")
     with atomic_path(out) as tmp:
