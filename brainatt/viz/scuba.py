@@ -83,7 +83,9 @@ def plot_caption_map(captions: pd.DataFrame, out: str | Path) -> Path:
     return _save(fig, out)
 
 
-def _gallery(runs: Mapping[str, Path], tables: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], out: Path) -> None:
+def write_gallery(runs: Mapping[str, Path], tables: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], out: Path) -> None:
+    """One page: per subject, each category's caption-driven images (from ``{run}/images``) with their prompts and
+    scores, the images embedded (it opens from the file system and inside the report)."""
     parts = ["<!doctype html><meta charset='utf-8'><title>BrainSCUBA</title>",
              "<style>img{width:96px;image-rendering:pixelated}td{vertical-align:top;font:12px sans-serif}</style>",
              "<h1>BrainSCUBA: images drawn from voxel captions</h1>"]  # fmt: skip
@@ -138,6 +140,6 @@ def scuba_summary(
                         value="share")  # fmt: skip
     write_tsv(pd.concat(noun_rows, ignore_index=True), nouns_out)
     write_tsv(pd.concat(synth_rows, ignore_index=True), synthesis_out)
-    _gallery(dict(zip(subjects, runs, strict=True)), tables, Path(gallery))
+    write_gallery(dict(zip(subjects, runs, strict=True)), tables, Path(gallery))
     (figures / "headline.json").write_text(json.dumps(headline, indent=1))
     return headline
