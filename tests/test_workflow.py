@@ -89,7 +89,7 @@ def _snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None) -> 
         "2",
         *args,
     ]
-    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=1800)
 
 
 @pytest.fixture(scope="module")
