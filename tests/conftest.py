@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from brainatt.synth.world import WorldSpec
 from brainatt.synth.writer import write_world
+
+if TYPE_CHECKING:
+    from browser import Browser
 
 TINY = WorldSpec(
     seed=3,
@@ -19,6 +24,19 @@ TINY = WorldSpec(
     sessions_kept=(1.0, 0.8),
     voxel_mm=6.0,
 )
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """Debian's chromium, headless (tests/browser.py), installed with apt-get when missing; skipped, with the
+    reason, where it cannot be installed."""
+    import browser
+
+    reason = browser.unavailable()
+    if reason:
+        pytest.skip(f"no browser: {reason}")
+    with browser.Browser(tmp_path_factory.mktemp("chromium")) as b:
+        yield b
 
 
 @pytest.fixture(scope="session")

@@ -183,9 +183,9 @@ def fitted(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     return {"dir": d, "responses": responses, "images": images, "encoder": encoder}
 
 
-def test_guided_images_raise_the_true_response_of_the_target(fitted: dict[str, Path], tiny_world: Path) -> None:
-    """Scored by the ground-truth brain, images guided toward the food ROI drive it above the unguided images of
-    the same seeds, and the run's manifest records what the issue asks for."""
+@pytest.fixture(scope="module")
+def dive(fitted: dict[str, Path], tiny_world: Path) -> dict:
+    """Unguided and food-guided images of subj01, scored by the encoder and the ground-truth brain."""
     from brainatt.braindive.evaluate import read_manifests, score_subject, summarize
     from brainatt.truth.braindive import true_brains
 
@@ -194,23 +194,38 @@ def test_guided_images_raise_the_true_response_of_the_target(fitted: dict[str, P
         generate(fitted["encoder"], fitted["responses"], fitted["dir"] / t, "subj01", t, cfg, KIT_DIFFUSION)
         for t in (UNGUIDED, "food")
     ]
-    manifest = read_manifest(runs[1])
-    assert len(manifest) == 10 and manifest["kept"].sum() == 4  # 2 of 5 per γ (γ/2 and γ)
-    assert {"seed", "subject", "target", "gamma", "steps", "scheduler", "pred_faces", "pred_food"} <= set(manifest)
     truth = true_brains(tiny_world / "ground_truth")
     table = read_manifests(runs)["subj01"]
     scores = score_subject("subj01", table, fitted["responses"], fitted["images"], fitted["encoder"], cfg, None, truth)
-    summary = summarize({"subj01": scores}, cfg).set_index(["target", "set"])
+    return {"cfg": cfg, "runs": runs, "scores": scores, "summary": summarize({"subj01": scores}, cfg)}
+
+
+def test_guided_images_raise_the_true_response_of_the_target(dive: dict) -> None:
+    """Scored by the ground-truth brain, images guided toward the food ROI drive it above the unguided images of
+    the same seeds, and the run's manifest records what the issue asks for."""
+    manifest = read_manifest(dive["runs"][1])
+    assert len(manifest) == 10 and manifest["kept"].sum() == 4  # 2 of 5 per γ (γ/2 and γ)
+    assert {"seed", "subject", "target", "gamma", "steps", "scheduler", "pred_faces", "pred_food"} <= set(manifest)
+    summary = dive["summary"].set_index(["target", "set"])
     kept, base = summary.loc[("food", "kept")], summary.loc[("food", "unguided_same_seeds")]
     assert kept["pred_food"] > base["pred_food"]
     assert kept["true_food"] > base["true_food"]
     gains = pd.Series(summary.loc[("food", "guided"), "pred_food"])
     assert gains.is_monotonic_increasing
 
+
+def test_galleries_open_in_a_browser_with_every_image(dive: dict, fitted: dict[str, Path], chromium) -> None:
+    """Every gallery page opens from the file system in chromium with every image loaded (screenshots beside
+    them), and holds its images itself, as the single-file report needs."""
+    from browser import broken_images
+
     from brainatt.viz.braindive import write_galleries
 
-    index = write_galleries(scores.images, summary.reset_index(), cfg, fitted["dir"] / "galleries")
-    page = index.parent / "subj01" / "food"
-    assert 'href="subj01/food/index.html"' in index.read_text() and (page / "grid.png").exists()
-    linked = [line.split('"')[0] for line in (page / "index.html").read_text().split('src="')[1:]]
-    assert linked and all((page / src).exists() for src in linked)  # relative links, pages open from disk
+    index = write_galleries(dive["scores"].images, dive["summary"], dive["cfg"], fitted["dir"] / "galleries")
+    page = index.parent / "subj01" / "food" / "index.html"
+    assert 'href="subj01/food/index.html"' in index.read_text() and (page.parent / "grid.png").exists()
+    for html, least in ((index, 1), (page, 3)):  # the index: a grid per page; a page: its grid and kept images
+        opened = chromium.open(html, html.with_name("screenshot.png"))
+        print(f"gallery screenshot: {html.with_name('screenshot.png')}")
+        assert len(opened["images"]) >= least and not broken_images(opened), html
+        assert all(image["src"].startswith("data:image/png") for image in opened["images"]), html

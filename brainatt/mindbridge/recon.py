@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from brainatt.contracts.stimuli import Stimuli
-from brainatt.images import images_to_tensor
+from brainatt.images import images_to_tensor, png_data_uri
 from brainatt.io import BrainattError, atomic_path
 from brainatt.metrics import pixel_correlation, ssim, two_way_identification
 from brainatt.models.diffusion import sample
@@ -133,27 +133,38 @@ def reconstruct(
     }
     names = list(CATEGORY_PROMPTS)
     with atomic_path(out, directory=True) as tmp:
-        rows = []
         for i, nsd in enumerate(ids):
             Image.fromarray(seen[i]).save(tmp / f"{nsd}_seen.png")
             Image.fromarray(recon[i]).save(tmp / f"{nsd}_recon.png")
-            rows.append(
-                f"<tr><td>{nsd}</td><td><img src='{nsd}_seen.png' width=128></td>"
-                f"<td><img src='{nsd}_recon.png' width=128></td>"
-                f"<td>{names[cat_seen[i]]} / {names[cat_recon[i]]}</td></tr>"
-            )
-        title = html.escape(f"MindBridge reconstructions: {subject}, {Path(run).name}")
-        summary = html.escape(
-            ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items())
-        )
-        (tmp / "index.html").write_text(
-            f"<!doctype html><meta charset='utf-8'><title>{title}</title><h1>{title}</h1><p>{summary}</p>"
-            "<table><tr><th>nsd id</th><th>seen</th><th>reconstruction</th><th>category seen / recon</th></tr>"
-            + "".join(rows)
-            + "</table>"
-        )
+        title = f"MindBridge reconstructions: {subject}, {Path(run).name}"
+        cats = [f"{names[s]} / {names[r]}" for s, r in zip(cat_seen, cat_recon, strict=True)]
+        write_page(tmp / "index.html", title, scores, ids, seen, recon, cats)
         np.savez(tmp / "recon.npz", nsd_ids=ids, seen=seen, recon=recon)
         table = pd.DataFrame([scores])
         table.to_csv(tmp / "scores.tsv", sep="\t", index=False)
     log.info("reconstructed %d images of %s in %.1f s → %s", len(ids), subject, time.time() - t0, out)
     return table
+
+
+def write_page(
+    out: Path,
+    title: str,
+    scores: dict,
+    ids: np.ndarray,
+    seen: np.ndarray,
+    recon: np.ndarray,
+    categories: list[str],
+) -> None:
+    """The gallery page: the scores, then each seen image beside its reconstruction and their categories, the
+    images embedded (the page opens from the file system and inside the report)."""
+    rows = [
+        f"<tr><td>{nsd}</td><td><img src='{png_data_uri(s)}' width=128></td>"
+        f"<td><img src='{png_data_uri(r)}' width=128></td><td>{html.escape(c)}</td></tr>"
+        for nsd, s, r, c in zip(ids, seen, recon, categories, strict=True)
+    ]
+    summary = html.escape(", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items()))
+    out.write_text(
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1>"
+        f"<p>{summary}</p><table><tr><th>nsd id</th><th>seen</th><th>reconstruction</th>"
+        "<th>category seen / recon</th></tr>" + "".join(rows) + "</table>"
+    )

@@ -1,10 +1,9 @@
 """BrainDiVE figures and galleries: cross-activation matrices, activation against γ, and HTML pages of the kept
-images that open from the file system (images copied beside each page, relative links only)."""
+images that open from the file system and inside the report (images embedded in each page)."""
 
 from __future__ import annotations
 
 import html
-import shutil
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +15,7 @@ import pandas as pd
 
 from brainatt.braindive.evaluate import cross_activation
 from brainatt.braindive.pipeline import UNGUIDED, DiveConfig, load_png
+from brainatt.images import png_data_uri
 from brainatt.io import atomic_path
 from brainatt.viz.encoding import _save
 
@@ -84,8 +84,8 @@ def _table(rows: pd.DataFrame) -> str:
 
 
 def write_galleries(images: pd.DataFrame, summary: pd.DataFrame, cfg: DiveConfig, out_dir: str | Path) -> Path:
-    """``{out_dir}/{subject}/{roi}/`` (grid.png, the kept images, index.html) and ``{out_dir}/index.html``;
-    the folder is written whole, atomically."""
+    """``{out_dir}/{subject}/{roi}/`` (grid.png, index.html) and ``{out_dir}/index.html``, pages with their images
+    embedded (they open from the file system and inside the report); the folder is written whole, atomically."""
     with atomic_path(out_dir, directory=True) as tmp:
         _write_galleries(images, summary, cfg, tmp)
     return Path(out_dir) / "index.html"
@@ -98,14 +98,12 @@ def _write_galleries(images: pd.DataFrame, summary: pd.DataFrame, cfg: DiveConfi
     for (subject, target), rows in images[images["target"] != UNGUIDED].groupby(["subject", "target"], sort=False):
         kept = rows[rows["kept"].astype(bool) & (rows["gamma"] == rows["gamma"].max())]
         page = out_dir / subject / target
-        (page / "img").mkdir(parents=True)
+        page.mkdir(parents=True)
         _grid(list(kept["image"]), page / "grid.png")
         cells = []
         for _, row in kept.iterrows():
-            name = Path(row["image"]).name
-            shutil.copyfile(row["image"], page / "img" / name)
             cells.append(
-                f'<div class="cell"><img src="img/{html.escape(name)}" width="128"><br>seed {row["seed"]}, '
+                f'<div class="cell"><img src="{png_data_uri(row["image"])}" width="128"><br>seed {row["seed"]}, '
                 f"pred {row[f'pred_{target}']:.2f}"
                 + (f", true {row[f'true_{target}']:.2f}" if f"true_{target}" in row else "")
                 + "</div>"
@@ -115,13 +113,13 @@ def _write_galleries(images: pd.DataFrame, summary: pd.DataFrame, cfg: DiveConfi
             f"<p>Kept images (top {cfg.keep:.0%} by predicted activation) of {html.escape(target)}, "
             f"{html.escape(subject)}: γ = {rows['gamma'].max():g}, {cfg.steps} {cfg.scheduler} steps, encoder "
             f"{html.escape(cfg.encoder)}. Activations in SD over the natural test images.</p>"
-            f'<p><img src="grid.png"></p>{"".join(cells)}<h2>Image sets</h2>{_table(stats)}'
+            f'<p><img src="{png_data_uri(page / "grid.png")}"></p>{"".join(cells)}<h2>Image sets</h2>{_table(stats)}'
             f"<h2>Kept images</h2>{_table(kept[columns])}"
             '<p><a href="../../index.html">all galleries</a></p>'
         )
         (page / "index.html").write_text(PAGE.format(title=f"BrainDiVE {subject} {target}", body=body))
         links.append(
-            f'<div class="cell"><a href="{subject}/{target}/index.html"><img src="{subject}/{target}/grid.png" '
+            f'<div class="cell"><a href="{subject}/{target}/index.html"><img src="{png_data_uri(page / "grid.png")}" '
             f'height="72"><br>{html.escape(subject)} {html.escape(target)}</a></div>'
         )
     body = "<p>Brain-guided images per subject × ROI (kept images).</p>" + "".join(links)

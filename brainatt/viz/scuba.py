@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from brainatt.encoding.summary import write_tsv
+from brainatt.images import png_data_uri
 from brainatt.io import BrainattError, atomic_path
 from brainatt.scuba.nouns import named_categories, noun_shares, repeat_agreement
 from brainatt.viz.encoding import _save, plot_brain_maps
@@ -83,7 +83,9 @@ def plot_caption_map(captions: pd.DataFrame, out: str | Path) -> Path:
     return _save(fig, out)
 
 
-def _gallery(runs: Mapping[str, Path], tables: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], out: Path) -> None:
+def write_gallery(runs: Mapping[str, Path], tables: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], out: Path) -> None:
+    """One page: per subject, each category's caption-driven images (from ``{run}/images``) with their prompts and
+    scores, the images embedded (it opens from the file system and inside the report)."""
     parts = ["<!doctype html><meta charset='utf-8'><title>BrainSCUBA</title>",
              "<style>img{width:96px;image-rendering:pixelated}td{vertical-align:top;font:12px sans-serif}</style>",
              "<h1>BrainSCUBA: images drawn from voxel captions</h1>"]  # fmt: skip
@@ -93,9 +95,9 @@ def _gallery(runs: Mapping[str, Path], tables: Mapping[str, tuple[pd.DataFrame, 
         for source, rows in own.groupby("source"):
             parts.append(f"<tr><th>{html.escape(str(source))}</th>")
             for _, row in rows.iterrows():
-                rel = os.path.relpath(runs[subject] / "images" / f"{source}_{row['image']}.png", out.parent)
+                src = png_data_uri(runs[subject] / "images" / f"{source}_{row['image']}.png")
                 score = f"pred {row['predicted']:.2f}" + (f", true {row['true']:.2f}" if "true" in row else "")
-                parts.append(f"<td><img src='{html.escape(rel)}'><br>{html.escape(row['prompt'])}<br>{score}</td>")
+                parts.append(f"<td><img src='{src}'><br>{html.escape(row['prompt'])}<br>{score}</td>")
             parts.append("</tr>")
         parts.append("</table>")
     with atomic_path(out) as tmp:
@@ -138,6 +140,6 @@ def scuba_summary(
                         value="share")  # fmt: skip
     write_tsv(pd.concat(noun_rows, ignore_index=True), nouns_out)
     write_tsv(pd.concat(synth_rows, ignore_index=True), synthesis_out)
-    _gallery(dict(zip(subjects, runs, strict=True)), tables, Path(gallery))
+    write_gallery(dict(zip(subjects, runs, strict=True)), tables, Path(gallery))
     (figures / "headline.json").write_text(json.dumps(headline, indent=1))
     return headline

@@ -40,23 +40,38 @@ rule braindive_eval:
         stimuli="results/stimuli/images.h5",
         dataset=dataset_input,
     output:
-        table="results/tables/braindive.tsv",
-        images="results/tables/braindive_images.tsv",
+        table=report(
+            "results/tables/braindive.tsv",
+            caption="../report/braindive_table.rst",
+            category="BrainDiVE",
+            subcategory="All subjects",
+        ),
+        images=report(
+            "results/tables/braindive_images.tsv",
+            caption="../report/braindive_images_table.rst",
+            category="BrainDiVE",
+            subcategory="All subjects",
+        ),
         cross=report(
             "results/figures/braindive_cross_activation.png",
-            caption="../report/braindive.rst",
+            caption="../report/braindive_cross.rst",
             category="BrainDiVE",
+            subcategory="All subjects",
         ),
         gamma=report(
             "results/figures/braindive_gamma.png",
-            caption="../report/braindive.rst",
+            caption="../report/braindive_gamma.rst",
             category="BrainDiVE",
+            subcategory="All subjects",
         ),
+        # each subject x ROI page (images embedded) is one report item
         galleries=report(
             directory("results/galleries/braindive"),
-            htmlindex="index.html",
+            patterns=["{subject}/{target}/index.html"],
             caption="../report/braindive_galleries.rst",
             category="BrainDiVE",
+            subcategory="{subject}",
+            labels={"gallery": "{target}"},
         ),
     params:
         config=BRAINDIVE_SETTINGS,

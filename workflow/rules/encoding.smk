@@ -59,12 +59,29 @@ rule encoding_summary:
         expand("results/encoding/{subject}/{encoder}", subject=SUBJECTS, encoder=ENCODERS),
         dataset=dataset_input,
     output:
-        table="results/tables/encoding.tsv",
-        routing=["results/tables/routing.tsv"] if ROUTING else [],
+        table=report(
+            "results/tables/encoding.tsv",
+            caption="../report/encoding_table.rst",
+            category="Encoding",
+            subcategory="All subjects",
+        ),
+        routing=(
+            [
+                report(
+                    "results/tables/routing.tsv",
+                    caption="../report/routing_table.rst",
+                    category="Encoding",
+                    subcategory="All subjects",
+                )
+            ]
+            if ROUTING
+            else []
+        ),
         figure=report(
             "results/figures/encoding_accuracy_by_roi.png",
             caption="../report/encoding_accuracy.rst",
             category="Encoding",
+            subcategory="All subjects",
         ),
     params:
         subjects=SUBJECTS,
@@ -91,12 +108,16 @@ rule encoding_figures:
         responses="results/prep/{subject}/responses.h5",
         stimuli="results/stimuli/images.h5",
     output:
-        report(
-            expand("results/figures/{{subject}}/{figure}", figure=SUBJECT_FIGURES),
-            caption="../report/encoding_subject.rst",
-            category="Encoding",
-            subcategory="{subject}",
-        ),
+        # one caption per figure: workflow/report/encoding_brain_maps.rst etc.
+        **{
+            Path(figure).stem: report(
+                f"results/figures/{{subject}}/{figure}",
+                caption=f"../report/{Path(figure).stem}.rst",
+                category="Encoding",
+                subcategory="{subject}",
+            )
+            for figure in SUBJECT_FIGURES
+        },
     params:
         encoders=ENCODERS,
     log:

@@ -145,11 +145,17 @@ rule mindbridge_summary:
     input:
         mb_runs(),
     output:
-        table="results/tables/mindbridge.tsv",
+        table=report(
+            "results/tables/mindbridge.tsv",
+            caption="../report/mindbridge_table.rst",
+            category="MindBridge",
+            subcategory="All subjects",
+        ),
         figure=report(
             "results/figures/mindbridge_accuracy_vs_n.png",
             caption="../report/mindbridge.rst",
             category="MindBridge",
+            subcategory="All subjects",
         ),
     log:
         "logs/mindbridge/summary.log",
@@ -172,12 +178,14 @@ rule mindbridge_recon:
         dataset=dataset_input,
         kit=kit_input,
     output:
+        # the page (images embedded) is the report item; the folder also holds the PNGs, recon.npz and scores.tsv
         report(
             directory("results/galleries/mindbridge/{run}/{subject}"),
-            htmlindex="index.html",
+            patterns=["index.html"],
             caption="../report/mindbridge_gallery.rst",
             category="MindBridge",
-            subcategory="{run}",
+            subcategory="{subject}",
+            labels={"gallery": "{run}"},
         ),
     params:
         clip=json.dumps(config["models"]["clip"], sort_keys=True),
@@ -209,7 +217,12 @@ rule mindbridge_recon_table:
     input:
         MB_GALLERIES,
     output:
-        "results/tables/mindbridge_recon.tsv",
+        report(
+            "results/tables/mindbridge_recon.tsv",
+            caption="../report/mindbridge_recon_table.rst",
+            category="MindBridge",
+            subcategory="All subjects",
+        ),
     log:
         "logs/mindbridge/recon_table.log",
     benchmark:

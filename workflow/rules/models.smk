@@ -25,11 +25,17 @@ rule kit_eval:
     input:
         kit_input,
     output:
-        table="results/tables/kit_quality.tsv",
+        table=report(
+            "results/tables/kit_quality.tsv",
+            caption="../report/kit_quality.rst",
+            category="Models",
+            subcategory="Kit",
+        ),
         figure=report(
             "results/figures/kit_samples.png",
             caption="../report/kit_samples.rst",
             category="Models",
+            subcategory="Kit",
         ),
     params:
         kit=KIT_DIR,

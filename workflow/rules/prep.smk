@@ -56,11 +56,17 @@ rule prep_summary:
     input:
         expand("results/prep/{subject}/responses.h5", subject=SUBJECTS),
     output:
-        table="results/tables/prep.tsv",
+        table=report(
+            "results/tables/prep.tsv",
+            caption="../report/prep_table.rst",
+            category="Preprocessing",
+            subcategory="All subjects",
+        ),
         figure=report(
             "results/figures/noise_ceiling.png",
             caption="../report/noise_ceiling.rst",
             category="Preprocessing",
+            subcategory="All subjects",
         ),
     log:
         "logs/prep_summary.log",

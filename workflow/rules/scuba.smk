@@ -152,18 +152,32 @@ rule scuba_summary:
         runs=expand("results/scuba/{subject}/run", subject=SUBJECTS),
         responses=expand("results/prep/{subject}/responses.h5", subject=SUBJECTS),
     output:
-        nouns="results/tables/scuba_nouns.tsv",
-        synthesis="results/tables/scuba_synthesis.tsv",
+        nouns=report(
+            "results/tables/scuba_nouns.tsv",
+            caption="../report/scuba_nouns.rst",
+            category="BrainSCUBA",
+            subcategory="All subjects",
+        ),
+        synthesis=report(
+            "results/tables/scuba_synthesis.tsv",
+            caption="../report/scuba_synthesis.rst",
+            category="BrainSCUBA",
+            subcategory="All subjects",
+        ),
+        # {subject}_{figure}.png: one item per figure, under its subject
         figures=report(
             directory("results/figures/scuba"),
-            patterns=["{name}.png"],
-            caption="../report/scuba.rst",
+            patterns=["{subject,[^_]+}_{figure}.png"],
+            caption="../report/scuba_figures.rst",
             category="BrainSCUBA",
+            subcategory="{subject}",
+            labels={"figure": "{figure}"},
         ),
         gallery=report(
             "results/galleries/scuba/index.html",
-            caption="../report/scuba.rst",
+            caption="../report/scuba_gallery.rst",
             category="BrainSCUBA",
+            subcategory="All subjects",
         ),
     params:
         lexicon=json.dumps(SCUBA.get("lexicon", {}), sort_keys=True),
