@@ -34,3 +34,4 @@ rule all:
     input:
         all_outputs(),
         BRAINDIVE_OUTPUTS,
+        SCUBA_OUTPUTS,
