@@ -153,11 +153,18 @@ def test_captioned_voxels_keep_the_noise_ceiling_then_the_best_predicted_per_roi
 def test_summary_scores_category_wins_synthesis_wins_and_braindive_images() -> None:
     from brainatt.viz.scuba import braindive_for, category_wins, compare_sets, synthesis_wins
 
-    caps = pd.DataFrame({"voxel": [0, 1, 2], "roi": ["FFA", "PPA", "V1"], "category": ["face", "place", None]})
-    by_roi = pd.DataFrame({"roi": ["FFA", "PPA", "V1"], "face": [1.0, 0.5, 0.2], "place": [0.3, 1.0, 1.0]})
+    caps = pd.DataFrame({
+        "voxel": [0, 1, 2, 3], "roi": ["FFA", "OFA", "PPA", "V1"], "category": ["face", "face", "place", None]
+    })  # fmt: skip
+    by_roi = pd.DataFrame({
+        "roi": ["FFA", "OFA", "PPA", "V1"], "face": [1.0, 1.0, 0.5, 0.2], "place": [0.3, 0.2, 1.0, 1.0],
+        "word": [0.0, 0.0, 0.1, 0.6],
+    })  # fmt: skip
     wins = category_wins(by_roi, {"floc-faces": "face", "floc-places": "place"}, caps)
-    assert wins["FFA"]["strict_win"] and wins["FFA"]["best_other"] == "PPA"
+    assert wins["FFA"]["strict_win"] and wins["FFA"]["best_other"] == "PPA"  # OFA, also a face ROI, is no rival
     assert not wins["PPA"]["strict_win"] and wins["PPA"]["best_other_share"] == 1.0  # a tie is not a win
+    assert wins["PPA"]["specificity"] == 0.7 and wins["PPA"]["best_other_specificity"] == 0.6
+    assert wins["PPA"]["specificity_win"] and wins["PPA"]["best_other_by_specificity"] == "V1"
     synth = pd.DataFrame({
         "source": ["face", "face", "place", "place"], "target": ["face", "place"] * 2,
         "predicted": [1.0, 0.0, 0.5, 2.0], "true": [0.1, 0.0, 0.5, 2.0],

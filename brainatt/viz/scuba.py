@@ -31,17 +31,25 @@ def read_run(run: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def category_wins(by_roi: pd.DataFrame, roi_categories: Mapping[str, str], captions: pd.DataFrame) -> dict:
-    """Per category ROI: the share of its captions naming its category, the highest share among the other ROIs
-    (and which), and whether the ROI's share is strictly the highest."""
+    """Per category ROI: the share of its captions naming its category, the highest share among the ROIs of other
+    categories or of none (and which), and whether the ROI's share is strictly the highest. ``specificity``: the
+    share naming its category minus the mean share naming each other lexicon category, with the same comparison
+    (it separates ROIs whose captions all name the category but name other categories at different rates)."""
     shares = by_roi.set_index("roi")
+    cats = [c for c in shares.columns if c not in ("n_voxels", "subject", "level")]
+    roi_cat = captions.drop_duplicates("roi").set_index("roi")["category"].fillna("").astype(str)
     out = {}
-    for roi, cat in captions.drop_duplicates("roi").set_index("roi")["category"].dropna().items():
-        if cat not in shares.columns or cat not in roi_categories.values():
+    for roi, cat in roi_cat.items():
+        if cat not in cats or cat not in roi_categories.values():
             continue
-        other = shares.drop(index=roi)[cat]
-        own = float(shares.loc[roi, cat])
-        out[roi] = {"category": cat, "share": own, "best_other": str(other.idxmax()),
-                    "best_other_share": float(other.max()), "strict_win": bool(own > other.max())}  # fmt: skip
+        others = shares.loc[[r for r in shares.index if roi_cat.get(r, "") != cat]]
+        spec = shares[cat] - shares[[c for c in cats if c != cat]].mean(axis=1)
+        own, own_spec, rival = float(shares.loc[roi, cat]), float(spec.loc[roi]), spec[others.index]
+        out[roi] = {"category": cat, "share": own, "best_other": str(others[cat].idxmax()),
+                    "best_other_share": float(others[cat].max()), "strict_win": bool(own > others[cat].max()),
+                    "specificity": round(own_spec, 4), "best_other_specificity": round(float(rival.max()), 4),
+                    "best_other_by_specificity": str(rival.idxmax()),
+                    "specificity_win": bool(own_spec > rival.max())}  # fmt: skip
     return out
 
 
