@@ -64,6 +64,7 @@ class ScubaConfig:
     voxels_per_roi: int | None = None
     caption_min_nc: float = 0.0
     synth_voxels: int = 8
+    synth_pool: int | None = None
     synth_steps: int = 50
     scheduler: str = "ddim"
     guidance_scale: float = 3.0
@@ -202,13 +203,17 @@ def synthesize(
     true_response: TrueResponse | None,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Images from the captions of each category's best-predicted voxels (repeat 0), scored by every category
-    ROI's mean predicted (and true) response. Returns the score table and each category's images (uint8)."""
+    ROI's mean predicted (and true) response. Returns the score table and each category's images (uint8).
+
+    With ``cfg.synth_pool``, images come from that many voxels' captions and the ``cfg.synth_voxels`` with the
+    highest *predicted* contrast (the category ROI's mean predicted response minus the mean over the other
+    category ROIs) are ``kept``; otherwise every image is kept. The true response plays no part in the choice."""
     model = load_diffusion(diffusion_spec, kit_dir=kit_dir)
     first = table[table["repeat"] == 0]
     categories = _categories(cats, cfg)
     rows, images = [], {}
     for n_cat, cat in enumerate(categories):
-        top = first[first["category"] == cat].nlargest(cfg.synth_voxels, "r")
+        top = first[first["category"] == cat].nlargest(cfg.synth_pool or cfg.synth_voxels, "r")
         prompts = top["caption"].tolist()
         with torch.inference_mode():
             x = sample(model, prompts, clip, steps=cfg.synth_steps, guidance_scale=cfg.guidance_scale,
@@ -216,11 +221,15 @@ def synthesize(
             pred = enc.predict(clip.encode_image(x).numpy())
             true = true_response(x) if true_response is not None else None
         images[cat] = _to_uint8(x)
+        means = {c: pred[:, cats == c].mean(1) for c in categories}
+        others = [means[c] for c in categories if c != cat]
+        contrast = means[cat] - (np.mean(others, axis=0) if others else 0.0)
+        kept = set(np.argsort(-contrast, kind="stable")[: cfg.synth_voxels].tolist())
         for target in categories:
             cols = cats == target
             for b, prompt in enumerate(prompts):
                 row = {"source": cat, "image": b, "voxel": int(top["voxel"].iloc[b]), "prompt": prompt,
-                       "target": target, "predicted": float(pred[b, cols].mean())}  # fmt: skip
+                       "kept": b in kept, "target": target, "predicted": float(pred[b, cols].mean())}  # fmt: skip
                 if true is not None:
                     row["true"] = float(true[b, cols].mean())
                 rows.append(row)

@@ -53,6 +53,11 @@ def category_wins(by_roi: pd.DataFrame, roi_categories: Mapping[str, str], capti
     return out
 
 
+def kept_images(synthesis: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the images kept (all of them when the run kept every image it drew)."""
+    return synthesis[synthesis["kept"].astype(bool)] if "kept" in synthesis else synthesis
+
+
 def synthesis_wins(synthesis: pd.DataFrame) -> dict:
     """Per value (predicted, true): the category ROIs whose own captions' images drive them more than any other
     category's captions' images do."""
@@ -190,10 +195,11 @@ def _gallery(
              "1 = one SD above the average natural image).</p>"]  # fmt: skip
     for subject, (_, synthesis) in tables.items():
         parts.append(f"<h2>{html.escape(subject)}</h2>")
-        comparison = compare_sets(synthesis, naturals[subject])
+        kept = kept_images(synthesis)
+        comparison = compare_sets(kept, naturals[subject])
         parts.append(comparison.round(3).to_html(index=False, na_rep=""))
         parts.append("<table>")
-        own = synthesis[synthesis["source"] == synthesis["target"]]
+        own = kept[kept["source"] == kept["target"]]
         natural = naturals[subject]
         for source, rows in own.groupby("source"):
             parts.append(f"<tr><th colspan=8>{html.escape(str(source))}: from its captions</th></tr><tr>")
@@ -257,11 +263,13 @@ def scuba_summary(
         by_cat = category_shares(captions, lexicon).assign(subject=subject, level="category")
         noun_rows += [by_roi, by_cat]
         synth_rows.append(synthesis.assign(subject=subject))
+        kept = kept_images(synthesis)
         headline[subject] = {
             "repeat_agreement": repeat_agreement(captions, lexicon, min_nc),
             "category_rois": category_wins(by_roi, roi_categories, captions),
-            "synthesis": synthesis_wins(synthesis),
-            "synthesis_vs_natural": compare_sets(synthesis, natural).round(4).to_dict("records"),
+            "synthesis": synthesis_wins(kept),
+            "synthesis_all_drawn": synthesis_wins(synthesis),
+            "synthesis_vs_natural": compare_sets(kept, natural).round(4).to_dict("records"),
         }
         plot_noun_shares(by_roi, cats, figures / f"{subject}_nouns_by_roi.png")
         plot_caption_map(captions, read_embeddings(run, len(captions)), figures / f"{subject}_caption_map.png")
