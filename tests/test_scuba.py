@@ -151,7 +151,7 @@ def test_captioned_voxels_keep_the_noise_ceiling_then_the_best_predicted_per_roi
 
 
 def test_summary_scores_category_wins_synthesis_wins_and_braindive_images() -> None:
-    from brainatt.viz.scuba import braindive_for, category_wins, compare_sets, synthesis_wins
+    from brainatt.viz.scuba import braindive_for, category_wins, compare_sets, kept_images, synthesis_wins
 
     caps = pd.DataFrame({
         "voxel": [0, 1, 2, 3], "roi": ["FFA", "OFA", "PPA", "V1"], "category": ["face", "face", "place", None]
@@ -171,6 +171,11 @@ def test_summary_scores_category_wins_synthesis_wins_and_braindive_images() -> N
     })  # fmt: skip
     out = synthesis_wins(synth)
     assert out["predicted"] == {"wins": ["face", "place"], "n": 2, "of": 2} and out["true"]["wins"] == ["place"]
+    dropped = pd.DataFrame({"source": ["face"] * 2, "target": ["face", "place"], "predicted": [-9.0, 9.0],
+                            "true": [-9.0, 9.0], "kept": False})  # fmt: skip
+    pooled = pd.concat([synth.assign(kept=True), dropped], ignore_index=True)
+    assert kept_images(pooled).equals(synth.assign(kept=True)) and kept_images(synth) is synth
+    assert synthesis_wins(kept_images(pooled)) == out and synthesis_wins(pooled)["true"]["n"] == 0
     natural = synth.assign(source="natural:" + synth["target"], predicted=3.0)
     table = compare_sets(synth, natural).set_index("target")
     assert table.loc["face", "captions_true"] == 0.1 and table.loc["face", "best_other_captions_true"] == 0.5
