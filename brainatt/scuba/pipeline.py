@@ -209,6 +209,7 @@ def synthesize(
     highest *predicted* contrast (the category ROI's mean predicted response minus the mean over the other
     category ROIs) are ``kept``; otherwise every image is kept. The true response plays no part in the choice."""
     model = load_diffusion(diffusion_spec, kit_dir=kit_dir)
+    size = int(model.info.get("image_size", 0)) or None  # the model's own size; the true brain resizes
     first = table[table["repeat"] == 0]
     categories = _categories(cats, cfg)
     rows, images = [], {}
@@ -217,7 +218,7 @@ def synthesize(
         prompts = top["caption"].tolist()
         with torch.inference_mode():
             x = sample(model, prompts, clip, steps=cfg.synth_steps, guidance_scale=cfg.guidance_scale,
-                       seed=cfg.seed + n_cat, scheduler=cfg.scheduler)  # fmt: skip
+                       seed=cfg.seed + n_cat, scheduler=cfg.scheduler, image_size=size)  # fmt: skip
             pred = enc.predict(clip.encode_image(x).numpy())
             true = true_response(x) if true_response is not None else None
         images[cat] = _to_uint8(x)
