@@ -3,7 +3,7 @@
 Writes into ``out`` (atomically, as a folder): ``captions.tsv`` (one row per voxel × repeat: voxel, i, j, k, hemi,
 roi, category, repeat, caption, r, nc, nc_norm), ``caption_embeddings.npy`` (the CLIP text embedding of each
 captions.tsv row, unit length), ``synthesis.tsv`` (one row per generated image × scored ROI: source category,
-image, prompt, target category, predicted and, on nsd-synth, true mean response), ``natural.tsv`` (the same for
+image, prompt, kept, target category, predicted and, on nsd-synth, true mean response), ``natural.tsv`` (the same for
 each category's top natural test images by predicted response), ``images/{category}_{n}.png``,
 ``images/natural_{category}_{n}.png`` and ``summary.json`` (settings, counts, timings).
 """
