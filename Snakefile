@@ -53,3 +53,4 @@ rule all:
     input:
         all_outputs(),
         BRAINDIVE_OUTPUTS,
+        SCUBA_OUTPUTS,

@@ -328,7 +328,7 @@ def cmd_scuba(args: argparse.Namespace) -> None:
             return true_response_fn(args.ground_truth, args.subject, ijk)
 
     cfg = ScubaConfig.from_config(json.loads(args.config))
-    run_scuba(args.responses, args.features, args.candidates, args.out, cfg, models, args.kit, truth)
+    run_scuba(args.responses, args.features, args.candidates, args.out, cfg, models, args.kit, truth, args.stimuli)
 
 
 def cmd_scuba_summary(args: argparse.Namespace) -> None:
@@ -341,7 +341,7 @@ def cmd_scuba_summary(args: argparse.Namespace) -> None:
         lexicon = {k: list(v) for k, v in CATEGORY_WORDS.items()}
     headline = scuba_summary(
         args.runs, args.responses, lexicon, args.noun, args.min_nc, args.nouns, args.synthesis, args.figures,
-        args.gallery,
+        args.gallery, args.braindive,
     )  # fmt: skip
     print(json.dumps(headline, indent=1))
 
@@ -511,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject", required=True)
     p.add_argument("--features", required=True, help="CLIP-role features of the stimuli")
     p.add_argument("--candidates", required=True, help="candidate file from scuba-candidates")
+    p.add_argument("--stimuli", help="the images.h5 the subject saw: adds top natural test images for comparison")
     p.add_argument("--models", required=True, help="JSON {clip, captioner, diffusion} model specs (config models)")
     p.add_argument("--config", default="{}", help="JSON object of scuba settings (config section 'scuba')")
     p.add_argument("--kit", help="kit folder for kit: models (default: the shipped kit)")
@@ -523,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lexicon", default="{}", help="JSON category → words (default: nsd-synth's CATEGORY_WORDS)")
     p.add_argument("--noun", default="face", help="category of the brain map of voxels whose captions name it")
     p.add_argument("--min-nc", type=float, default=20.0, help="NC %% of voxels scored for repeat agreement")
+    p.add_argument("--braindive", help="braindive_images.tsv: BrainDiVE's kept images beside, in the gallery")
     p.add_argument("--nouns", required=True, help="scuba_nouns.tsv to write")
     p.add_argument("--synthesis", required=True, help="scuba_synthesis.tsv to write")
     p.add_argument("--figures", required=True, help="figures folder")

@@ -46,9 +46,17 @@ def test_nouns_map_captions_to_categories_and_roi_shares() -> None:
     assert shares.loc["FFA", "face"] == 0.75 and shares.loc["PPA", "place"] == 1.0
     assert shares.loc["FFA", "n_voxels"] == 2
     agree = repeat_agreement(caps, LEXICON, min_nc=20)  # voxel 1 disagrees; voxel 2 is below NC 20%
-    assert agree == {"shared": 0.5, "first": 0.5, "n_voxels": 2}
+    assert {k: agree[k] for k in ("shared", "same_set", "first", "n_voxels")} == {
+        "shared": 0.5, "same_set": 0.5, "first": 0.5, "n_voxels": 2
+    }  # fmt: skip
     caps.loc[3, "caption"] = "a body and a face"  # voxel 1 now names face in both repeats, but not first in one
-    assert repeat_agreement(caps, LEXICON, min_nc=20) == {"shared": 1.0, "first": 0.5, "n_voxels": 2}
+    agree = repeat_agreement(caps, LEXICON, min_nc=20)
+    assert {k: agree[k] for k in ("shared", "same_set", "first")} == {"shared": 1.0, "same_set": 0.5, "first": 0.5}
+    # chance: repeats paired across voxels; with every caption naming a face it is 1, with none shared it is 0
+    assert agree["shared_chance"] == 1.0
+    caps["caption"] = ["a face", "a body", "a pizza", "a street", "a face", "a body"]
+    caps["nc"] = 30
+    assert repeat_agreement(caps, LEXICON, min_nc=20)["shared_chance"] == 0.0
     with pytest.raises(BrainattError, match="lexicon"):
         named_categories(["x"], {"face": []})
 
@@ -191,3 +199,63 @@ def test_captioner_fine_tunes_a_pretrained_gpt2_and_resumes_exactly(tmp_path, mo
     assert not torch.equal(start, whole.lm.transformer.h[0].mlp.c_fc.weight)  # GPT-2 itself was fine-tuned
     assert whole.tokenizer.pad_token == whole.tokenizer.eos_token and whole.prefix_len == 2
     assert len(whole.generate(torch.zeros(2, whole.clip_dim), num_beams=2, max_new_tokens=4)) == 2
+
+
+def _subject(nc: list[float], roi: list[str]) -> SubjectData:
+    v = len(nc)
+    return SubjectData(
+        path=None, train_ids=np.arange(2), train_y=np.zeros((2, v)), test_ids=np.arange(2), test_y=np.zeros((2, v)),
+        nc=np.asarray(nc, float), roi=np.asarray(roi), hemi=np.array(["lh"] * v), family=np.array(["x"] * v),
+        ijk=None,
+    )  # fmt: skip
+
+
+def test_captioned_voxels_keep_the_noise_ceiling_then_the_best_predicted_per_roi() -> None:
+    from brainatt.scuba.pipeline import captioned_voxels
+
+    sub = _subject([50, 10, 40, 30, 25, 5], ["FFA", "FFA", "FFA", "PPA", "PPA", "PPA"])
+    r = np.array([0.1, 0.9, 0.5, 0.2, 0.8, 0.9])
+    assert list(captioned_voxels(sub, r, None, 20)) == [0, 2, 3, 4]
+    assert list(captioned_voxels(sub, r, 1, 20)) == [2, 4]  # voxels 1 and 5 predict best but fail NC 20%
+    assert list(captioned_voxels(sub, r, 1)) == [1, 5]
+    with pytest.raises(BrainattError, match="caption_min_nc"):
+        captioned_voxels(sub, r, None, 60)
+
+
+def test_summary_scores_category_wins_synthesis_wins_and_braindive_images() -> None:
+    from brainatt.viz.scuba import braindive_for, category_wins, compare_sets, kept_images, synthesis_wins
+
+    caps = pd.DataFrame({
+        "voxel": [0, 1, 2, 3], "roi": ["FFA", "OFA", "PPA", "V1"], "category": ["face", "face", "place", None]
+    })  # fmt: skip
+    by_roi = pd.DataFrame({
+        "roi": ["FFA", "OFA", "PPA", "V1"], "face": [1.0, 1.0, 0.5, 0.2], "place": [0.3, 0.2, 1.0, 1.0],
+        "word": [0.0, 0.0, 0.1, 0.6],
+    })  # fmt: skip
+    wins = category_wins(by_roi, {"floc-faces": "face", "floc-places": "place"}, caps)
+    assert wins["FFA"]["strict_win"] and wins["FFA"]["best_other"] == "PPA"  # OFA, also a face ROI, is no rival
+    assert not wins["PPA"]["strict_win"] and wins["PPA"]["best_other_share"] == 1.0  # a tie is not a win
+    assert wins["PPA"]["specificity"] == 0.7 and wins["PPA"]["best_other_specificity"] == 0.6
+    assert wins["PPA"]["specificity_win"] and wins["PPA"]["best_other_by_specificity"] == "V1"
+    synth = pd.DataFrame({
+        "source": ["face", "face", "place", "place"], "target": ["face", "place"] * 2,
+        "predicted": [1.0, 0.0, 0.5, 2.0], "true": [0.1, 0.0, 0.5, 2.0],
+    })  # fmt: skip
+    out = synthesis_wins(synth)
+    assert out["predicted"] == {"wins": ["face", "place"], "n": 2, "of": 2} and out["true"]["wins"] == ["place"]
+    dropped = pd.DataFrame({"source": ["face"] * 2, "target": ["face", "place"], "predicted": [-9.0, 9.0],
+                            "true": [-9.0, 9.0], "kept": False})  # fmt: skip
+    pooled = pd.concat([synth.assign(kept=True), dropped], ignore_index=True)
+    assert kept_images(pooled).equals(synth.assign(kept=True)) and kept_images(synth) is synth
+    assert synthesis_wins(kept_images(pooled)) == out and synthesis_wins(pooled)["true"]["n"] == 0
+    natural = synth.assign(source="natural:" + synth["target"], predicted=3.0)
+    table = compare_sets(synth, natural).set_index("target")
+    assert table.loc["face", "captions_true"] == 0.1 and table.loc["face", "best_other_captions_true"] == 0.5
+    assert table.loc["place", "natural_top_predicted"] == 3.0
+    dive = pd.DataFrame({
+        "subject": ["subj01", "subj01", "subj02"], "target": ["faces", "faces", "faces"], "kept": [True, False, True],
+        "image": ["a.png", "b.png", "c.png"], "true_faces": [1.5, 0.2, 0.1],
+    })  # fmt: skip
+    kept = braindive_for(dive, "subj01", {"floc-faces": "face"})
+    assert kept.to_dict("records") == [{"category": "face", "image": "a.png", "score": 1.5, "score_kind": "true"}]
+    assert braindive_for(None, "subj01", {}).empty

@@ -88,12 +88,17 @@ def test_clip_features_are_buildable_on_request() -> None:
     assert wrong.returncode != 0 and "results/features/clip/kit-clip.h5" in wrong.stdout + wrong.stderr
 
 
-def test_scuba_is_buildable_by_name_outside_the_default_target() -> None:
-    output = _demo_dry_run("--forceall", "results/tables/scuba_nouns.tsv")
+def test_scuba_is_in_the_default_target_for_its_subjects_and_buildable_by_name(tmp_path: Path) -> None:
+    output = _demo_dry_run()
     for command in ("brainatt synth-candidates", "scuba-candidates --source synth", "brainatt scuba ", "scuba-summary"):
         assert command in output
     assert "results/scuba/candidates/kit-clip.h5" in output
-    assert "brainatt scuba" not in _demo_dry_run("--forceall")
+    assert "--subject subj01" in output and "results/scuba/subj02" not in output  # the demo captions one subject
+    assert "--braindive results/tables/braindive_images.tsv" in output  # BrainDiVE's images beside, same subject
+    off = _demo_dry_run(override={"scuba": {"in_all": False}}, tmp=tmp_path)
+    assert "brainatt scuba" not in off
+    assert "brainatt scuba " in _demo_dry_run("results/tables/scuba_nouns.tsv", override={"scuba": {"in_all": False}},
+                                              tmp=tmp_path)  # fmt: skip
 
 
 def test_scuba_candidates_come_from_the_configured_source(tmp_path) -> None:

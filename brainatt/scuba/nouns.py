@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from brainatt.io import BrainattError
@@ -49,20 +50,36 @@ def noun_shares(captions: pd.DataFrame, lexicon: Mapping[str, Sequence[str]]) ->
 
 
 def repeat_agreement(
-    captions: pd.DataFrame, lexicon: Mapping[str, Sequence[str]], min_nc: float
+    captions: pd.DataFrame, lexicon: Mapping[str, Sequence[str]], min_nc: float, seed: int = 0
 ) -> dict[str, float | int]:
     """How often a voxel's repeats (captions from disjoint candidate sets) agree, over voxels with NC ≥ ``min_nc`` %.
 
-    ``shared``: some category is named by every repeat's caption; ``first``: every repeat names the same category
-    first (stricter: captions that list several objects may list them in any order). NaN without such voxels.
+    ``shared``: some category is named by every repeat's caption; ``same_set``: every repeat names the same set of
+    categories; ``first``: every repeat names the same category first (captions that list several objects may list
+    them in any order). ``shared_chance``: ``shared`` when each voxel's repeat-k caption is replaced by repeat k of
+    a random other scored voxel (one permutation per repeat, ``seed``): the agreement captions reach without
+    coming from the same voxel. NaN without such voxels.
     """
     named = named_categories(captions["caption"].tolist(), lexicon)
     cats = list(lexicon)
-    df = pd.concat([captions[["voxel", "nc"]].reset_index(drop=True), named], axis=1)
+    df = pd.concat([captions[["voxel", "repeat", "nc"]].reset_index(drop=True), named], axis=1)
     df = df[df["nc"] >= min_nc]
     if df.empty:
-        return {"shared": float("nan"), "first": float("nan"), "n_voxels": 0}
+        return {"shared": float("nan"), "same_set": float("nan"), "first": float("nan"),
+                "shared_chance": float("nan"), "n_voxels": 0}  # fmt: skip
+    df = df.assign(names=df[cats].apply(lambda r: "|".join(c for c in cats if r[c]), axis=1))
     grouped = df.groupby("voxel")
     shared = grouped[cats].all().any(axis=1)
-    first = grouped["first"].nunique() == 1
-    return {"shared": float(shared.mean()), "first": float(first.mean()), "n_voxels": len(shared)}
+    rng = np.random.default_rng(seed)
+    shuffled = []
+    for _, rep in df.sort_values(["repeat", "voxel"]).groupby("repeat"):
+        rep = rep.iloc[rng.permutation(len(rep))]
+        shuffled.append(rep[cats].reset_index(drop=True).assign(slot=np.arange(len(rep))))
+    chance = pd.concat(shuffled).groupby("slot")[cats].all().any(axis=1)
+    return {
+        "shared": float(shared.mean()),
+        "same_set": float((grouped["names"].nunique() == 1).mean()),
+        "first": float((grouped["first"].nunique() == 1).mean()),
+        "shared_chance": float(chance.mean()),
+        "n_voxels": len(shared),
+    }

@@ -1,9 +1,11 @@
 """The BrainSCUBA run for one subject: voxel encoder → K projections per voxel → captions → caption-driven images.
 
 Writes into ``out`` (atomically, as a folder): ``captions.tsv`` (one row per voxel × repeat: voxel, i, j, k, hemi,
-roi, category, repeat, caption, r, nc, nc_norm), ``synthesis.tsv`` (one row per generated image × scored ROI:
-source category, image, prompt, target category, predicted and, on nsd-synth, true mean response),
-``images/{category}_{n}.png`` and ``summary.json`` (settings, counts, timings).
+roi, category, repeat, caption, r, nc, nc_norm), ``caption_embeddings.npy`` (the CLIP text embedding of each
+captions.tsv row, unit length), ``synthesis.tsv`` (one row per generated image × scored ROI: source category,
+image, prompt, kept, target category, predicted and, on nsd-synth, true mean response), ``natural.tsv`` (the same for
+each category's top natural test images by predicted response), ``images/{category}_{n}.png``,
+``images/natural_{category}_{n}.png`` and ``summary.json`` (settings, counts, timings).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from tqdm import tqdm
 from brainatt.contracts.candidates import Candidates
 from brainatt.contracts.features import FeatureCache
 from brainatt.contracts.responses import read_responses
+from brainatt.contracts.stimuli import Stimuli
 from brainatt.encoding.data import SubjectData
+from brainatt.images import images_to_tensor
 from brainatt.io import BrainattError, atomic_path
 from brainatt.models.diffusion import sample
-from brainatt.models.loading import load_captioner, load_clip, load_diffusion
+from brainatt.models.loading import ClipModel, load_captioner, load_clip, load_diffusion
 from brainatt.models.spec import ModelSpec
 from brainatt.scuba.encoder import VoxelEncoder, fit_subject
 from brainatt.scuba.projection import BETA, CandidateChunks, project_stream, subset_labels, unit_candidates
@@ -59,15 +63,20 @@ class ScubaConfig:
     max_new_tokens: int = 40
     caption_batch: int = 256
     voxels_per_roi: int | None = None
+    caption_min_nc: float = 0.0
     synth_voxels: int = 8
+    synth_pool: int | None = None
     synth_steps: int = 50
+    scheduler: str = "ddim"
     guidance_scale: float = 3.0
     roi_categories: dict[str, str] = field(default_factory=lambda: dict(ROI_CATEGORIES))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ScubaConfig:
         known = set(cls.__dataclass_fields__)
-        unknown = set(cfg) - known - {"candidates", "lexicon", "noun", "min_nc", "train_captioner"}
+        unknown = (
+            set(cfg) - known - {"candidates", "lexicon", "noun", "min_nc", "train_captioner", "in_all", "subjects"}
+        )
         if unknown:
             raise BrainattError(f"scuba: unknown settings {sorted(unknown)}; known: {sorted(known)}")
         return cls(**{k: v for k, v in cfg.items() if k in known})
@@ -120,11 +129,18 @@ def caption_embeddings(captioner: Any, embeddings: np.ndarray, cfg: ScubaConfig)
     return out
 
 
-def captioned_voxels(sub: SubjectData, r: np.ndarray, per_roi: int | None) -> np.ndarray:
-    """The voxels to caption: all, or the ``per_roi`` best-predicted (test r) of each ROI."""
+def captioned_voxels(sub: SubjectData, r: np.ndarray, per_roi: int | None, min_nc: float = 0.0) -> np.ndarray:
+    """The voxels to caption: those with noise ceiling ≥ ``min_nc`` (%), all of them or the ``per_roi``
+    best-predicted (test r) of each ROI."""
+    ok = sub.nc >= min_nc
+    if not ok.any():
+        raise BrainattError(f"scuba.caption_min_nc {min_nc}: no voxel has that noise ceiling; lower it")
     if per_roi is None:
-        return np.arange(sub.n_voxels)
-    keep = [np.flatnonzero(sub.roi == roi)[np.argsort(-r[sub.roi == roi])[:per_roi]] for roi in np.unique(sub.roi)]
+        return np.flatnonzero(ok)
+    keep = []
+    for roi in np.unique(sub.roi):
+        cand = np.flatnonzero((sub.roi == roi) & ok)
+        keep.append(cand[np.argsort(-r[cand], kind="stable")[:per_roi]])
     return np.sort(np.concatenate(keep))
 
 
@@ -139,37 +155,94 @@ def _captions_table(
     return pd.concat(frames, ignore_index=True)
 
 
+def _categories(cats: np.ndarray, cfg: ScubaConfig) -> list[str]:
+    return [c for c in dict.fromkeys(cfg.roi_categories.values()) if (cats == c).any()]
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+@torch.inference_mode()
+def caption_text_embeddings(clip: ClipModel, captions: list[str], batch: int = 512) -> np.ndarray:
+    """Unit CLIP text embeddings of ``captions`` (each distinct caption encoded once)."""
+    unique = list(dict.fromkeys(captions))
+    emb = torch.cat([clip.encode_text(unique[i : i + batch], normalize=True) for i in range(0, len(unique), batch)])
+    index = {c: n for n, c in enumerate(unique)}
+    return emb.float().numpy()[[index[c] for c in captions]]
+
+
+@torch.inference_mode()
+def natural_top(
+    enc: VoxelEncoder,
+    sub: SubjectData,
+    cats: np.ndarray,
+    cfg: ScubaConfig,
+    clip_features: str | Path,
+    stimuli: str | Path,
+    true_response: TrueResponse | None,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Each category's ``synth_voxels`` natural test images with the highest predicted mean response of its ROI
+    (the voxel encoder on their CLIP embeddings), scored like the caption images (predicted and true response of
+    every category ROI). Returns the table (source ``natural:{category}``) and each category's images (uint8)."""
+    pred = enc.predict(FeatureCache(clip_features).pooled(sub.test_ids))
+    categories = _categories(cats, cfg)
+    rows, images = [], {}
+    for cat in categories:
+        top = np.argsort(-pred[:, cats == cat].mean(1), kind="stable")[: cfg.synth_voxels]
+        ids = sub.test_ids[top]
+        images[cat] = Stimuli(stimuli).images(ids)
+        true = true_response(images_to_tensor(images[cat])) if true_response is not None else None
+        for target in categories:
+            cols = cats == target
+            for b, nsd_id in enumerate(ids):
+                row = {"source": f"natural:{cat}", "image": b, "nsd_id": int(nsd_id), "target": target,
+                       "predicted": float(pred[top[b], cols].mean())}  # fmt: skip
+                if true is not None:
+                    row["true"] = float(true[b, cols].mean())
+                rows.append(row)
+    return pd.DataFrame(rows), images
+
+
 def synthesize(
     enc: VoxelEncoder,
     table: pd.DataFrame,
     cats: np.ndarray,
     cfg: ScubaConfig,
-    clip_spec: ModelSpec,
+    clip: ClipModel,
     diffusion_spec: ModelSpec,
     kit_dir: str | Path | None,
     true_response: TrueResponse | None,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Images from the captions of each category's best-predicted voxels (repeat 0), scored by every category
-    ROI's mean predicted (and true) response. Returns the score table and each category's images (uint8)."""
-    clip = load_clip(clip_spec, kit_dir=kit_dir)
+    ROI's mean predicted (and true) response. Returns the score table and each category's images (uint8).
+
+    With ``cfg.synth_pool``, images come from that many voxels' captions and the ``cfg.synth_voxels`` with the
+    highest *predicted* contrast (the category ROI's mean predicted response minus the mean over the other
+    category ROIs) are ``kept``; otherwise every image is kept. The true response plays no part in the choice."""
     model = load_diffusion(diffusion_spec, kit_dir=kit_dir)
+    size = int(model.info.get("image_size", 0)) or None  # the model's own size; the true brain resizes
     first = table[table["repeat"] == 0]
-    categories = [c for c in dict.fromkeys(cfg.roi_categories.values()) if (cats == c).any()]
+    categories = _categories(cats, cfg)
     rows, images = [], {}
     for n_cat, cat in enumerate(categories):
-        top = first[first["category"] == cat].nlargest(cfg.synth_voxels, "r")
+        top = first[first["category"] == cat].nlargest(cfg.synth_pool or cfg.synth_voxels, "r")
         prompts = top["caption"].tolist()
-        with torch.no_grad():
+        with torch.inference_mode():
             x = sample(model, prompts, clip, steps=cfg.synth_steps, guidance_scale=cfg.guidance_scale,
-                       seed=cfg.seed + n_cat)  # fmt: skip
+                       seed=cfg.seed + n_cat, scheduler=cfg.scheduler, image_size=size)  # fmt: skip
             pred = enc.predict(clip.encode_image(x).numpy())
-        true = true_response(x) if true_response is not None else None
-        images[cat] = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+            true = true_response(x) if true_response is not None else None
+        images[cat] = _to_uint8(x)
+        means = {c: pred[:, cats == c].mean(1) for c in categories}
+        others = [means[c] for c in categories if c != cat]
+        contrast = means[cat] - (np.mean(others, axis=0) if others else 0.0)
+        kept = set(np.argsort(-contrast, kind="stable")[: cfg.synth_voxels].tolist())
         for target in categories:
             cols = cats == target
             for b, prompt in enumerate(prompts):
                 row = {"source": cat, "image": b, "voxel": int(top["voxel"].iloc[b]), "prompt": prompt,
-                       "target": target, "predicted": float(pred[b, cols].mean())}  # fmt: skip
+                       "kept": b in kept, "target": target, "predicted": float(pred[b, cols].mean())}  # fmt: skip
                 if true is not None:
                     row["true"] = float(true[b, cols].mean())
                 rows.append(row)
@@ -185,11 +258,13 @@ def run_scuba(
     models: Mapping[str, ModelSpec],
     kit_dir: str | Path | None = None,
     true_response: Callable[[np.ndarray], TrueResponse] | None = None,
+    stimuli: str | Path | None = None,
 ) -> Path:
     """Run BrainSCUBA for one subject into the folder ``out``.
 
     ``models`` holds the ``clip``, ``captioner`` and ``diffusion`` specs; ``true_response`` (nsd-synth) builds
-    the ground-truth response function from the voxels' ``ijk``.
+    the ground-truth response function from the voxels' ``ijk``; ``stimuli`` (the images.h5 the subject saw)
+    adds each category's top natural test images for comparison.
     """
     times: dict[str, float] = {}
     t = time.time()
@@ -199,7 +274,7 @@ def run_scuba(
 
     t = time.time()
     chunks, n_candidates = candidate_chunks(candidates, clip_features, cfg.repeats, cfg.seed, cfg.chunk)
-    v = captioned_voxels(sub, enc.r, cfg.voxels_per_roi)
+    v = captioned_voxels(sub, enc.r, cfg.voxels_per_roi, cfg.caption_min_nc)
     projections = project_stream(enc.weights[v], chunks, cfg.repeats, cfg.beta, top_k=cfg.top_k)
     times["projection"] = time.time() - t
     log.info("projected %d voxels onto %d × %d candidates in %.1f s", len(v), cfg.repeats,
@@ -215,17 +290,26 @@ def run_scuba(
              len(captions) / times["captions"])  # fmt: skip
 
     t = time.time()
+    clip = load_clip(models["clip"], kit_dir=kit_dir)
+    text_emb = caption_text_embeddings(clip, table["caption"].tolist())
     truth = true_response(sub.ijk) if true_response is not None else None
-    scores, images = synthesize(enc, table, cats, cfg, models["clip"], models["diffusion"], kit_dir, truth)
+    scores, images = synthesize(enc, table, cats, cfg, clip, models["diffusion"], kit_dir, truth)
     times["synthesis"] = time.time() - t
+    natural, natural_images = (
+        natural_top(enc, sub, cats, cfg, clip_features, stimuli, truth) if stimuli is not None else (None, {})
+    )
 
     with atomic_path(out, directory=True) as tmp:
         table.to_csv(tmp / "captions.tsv", sep="\t", index=False)
         scores.to_csv(tmp / "synthesis.tsv", sep="\t", index=False)
         (tmp / "images").mkdir()
-        for cat, imgs in images.items():
-            for b, img in enumerate(imgs):
-                Image.fromarray(img).save(tmp / "images" / f"{cat}_{b}.png")
+        np.save(tmp / "caption_embeddings.npy", text_emb)
+        if natural is not None:
+            natural.to_csv(tmp / "natural.tsv", sep="\t", index=False)
+        for prefix, sets in (("", images), ("natural_", natural_images)):
+            for cat, imgs in sets.items():
+                for b, img in enumerate(imgs):
+                    Image.fromarray(img).save(tmp / "images" / f"{prefix}{cat}_{b}.png")
         summary = {
             "config": asdict(cfg), "n_voxels": sub.n_voxels, "n_captioned": len(v), "n_candidates": n_candidates,
             "seconds": times,

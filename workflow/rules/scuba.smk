@@ -18,11 +18,34 @@ SCUBA_MODELS = json.dumps(
     },
     sort_keys=True,
 )
-SCUBA_NOT_RUN_SETTINGS = ("candidates", "captioner", "diffusion", "lexicon", "noun", "train_captioner")
+SCUBA_NOT_RUN_SETTINGS = (
+    "candidates",
+    "captioner",
+    "diffusion",
+    "lexicon",
+    "noun",
+    "train_captioner",
+    "in_all",
+    "subjects",
+)
 SCUBA_SETTINGS = json.dumps(
     {k: v for k, v in SCUBA.items() if k not in SCUBA_NOT_RUN_SETTINGS},
     sort_keys=True,
 )
+SCUBA_SUBJECTS = SCUBA.get("subjects") or SUBJECTS
+# BrainDiVE's kept images of the same subjects go beside the caption images in the gallery.
+SCUBA_BRAINDIVE = (
+    {"braindive": "results/tables/braindive_images.tsv"}
+    if BRAINDIVE_OUTPUTS and set(SCUBA_SUBJECTS) & set(BRAINDIVE_SUBJECTS)
+    else {}
+)
+# Part of the default target when the config's scuba section sets in_all (the demo's does).
+SCUBA_OUTPUTS = [
+    "results/tables/scuba_nouns.tsv",
+    "results/tables/scuba_synthesis.tsv",
+    "results/figures/scuba",
+    "results/galleries/scuba/index.html",
+] if SCUBA.get("in_all") else []
 
 
 rule scuba_candidates:
@@ -65,7 +88,7 @@ rule scuba_candidate_embeddings:
         "logs/scuba/candidate_embeddings.log",
     benchmark:
         "benchmarks/scuba/candidate_embeddings.tsv"
-    threads: 2
+    threads: 1  # the kit CLIP embeds ~230 images per CPU-second on one thread, ~120 on two
     resources:
         mem_mb=8000,
         runtime=120,
@@ -73,8 +96,8 @@ rule scuba_candidate_embeddings:
     conda:
         CONDA_ENV
     shell:
-        "brainatt scuba-candidates --source {params.source} --path {input.source:q} {params.dataset} "
-        "--model {params.model:q} --kit {params.kit:q} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} brainatt scuba-candidates --source {params.source} --path {input.source:q} {params.dataset} "
+        "--model {params.model:q} --kit {params.kit:q} --batch 128 --out {output} > {log} 2>&1"
 
 
 # A captioner for other images (built by name): mapping network + GPT-2 (pretrained: fine-tuned; else new) on the
@@ -121,6 +144,7 @@ rule scuba:
         responses="results/prep/{subject}/responses.h5",
         features=FEATURES["clip"],
         candidates=SCUBA_EMBEDDINGS,
+        stimuli="results/stimuli/images.h5",
         kit=kit_input,
         dataset=dataset_input,
     output:
@@ -134,7 +158,7 @@ rule scuba:
         "logs/scuba/{subject}.log",
     benchmark:
         "benchmarks/scuba/{subject}.tsv"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=6000,
         runtime=60,
@@ -142,15 +166,17 @@ rule scuba:
     conda:
         CONDA_ENV
     shell:
-        "brainatt scuba --responses {input.responses} --subject {wildcards.subject} --features {input.features} "
+        "OMP_NUM_THREADS={threads} brainatt scuba --responses {input.responses} --subject {wildcards.subject} "
+        "--features {input.features} --stimuli {input.stimuli} "
         "--candidates {input.candidates} --models {params.models:q} --config {params.config:q} --kit {params.kit:q} "
         "{params.truth} --out {output} > {log} 2>&1"
 
 
 rule scuba_summary:
     input:
-        runs=expand("results/scuba/{subject}/run", subject=SUBJECTS),
-        responses=expand("results/prep/{subject}/responses.h5", subject=SUBJECTS),
+        runs=expand("results/scuba/{subject}/run", subject=SCUBA_SUBJECTS),
+        responses=expand("results/prep/{subject}/responses.h5", subject=SCUBA_SUBJECTS),
+        **SCUBA_BRAINDIVE,
     output:
         nouns=report(
             "results/tables/scuba_nouns.tsv",
@@ -183,6 +209,7 @@ rule scuba_summary:
         lexicon=json.dumps(SCUBA.get("lexicon", {}), sort_keys=True),
         noun=SCUBA["noun"],
         min_nc=SCUBA["min_nc"],
+        braindive=lambda wildcards, input: f"--braindive {input.braindive}" if SCUBA_BRAINDIVE else "",
     log:
         "logs/scuba/summary.log",
     benchmark:
@@ -196,4 +223,4 @@ rule scuba_summary:
     shell:
         "brainatt scuba-summary --runs {input.runs} --responses {input.responses} --lexicon {params.lexicon:q} "
         "--noun {params.noun} --min-nc {params.min_nc} --nouns {output.nouns} --synthesis {output.synthesis} "
-        "--figures {output.figures} --gallery {output.gallery} > {log} 2>&1"
+        "--figures {output.figures} --gallery {output.gallery} {params.braindive} > {log} 2>&1"
