@@ -81,9 +81,9 @@ def test_encode_params_hold_only_the_encoders_own_section(tmp_path: Path) -> Non
     assert all(shared[e] != base[e] for e in base)  # a shared key reruns every encoder
 
 
-def test_clip_features_are_buildable_on_request() -> None:
+def test_clip_features_are_built_for_the_configured_clip_only() -> None:
     output = _demo_dry_run("results/features/clip/kit-clip.h5")
-    assert "brainatt features --role clip" in output and "results/features/clip" not in _demo_dry_run()
+    assert "brainatt features --role clip" in output
     wrong = _run(REPO, "-n", "--cores", "1", "results/features/clip/ViT-B-16.h5")
     assert wrong.returncode != 0 and "results/features/clip/kit-clip.h5" in wrong.stdout + wrong.stderr
 
