@@ -42,7 +42,7 @@ rule scuba_candidates:
         mem_mb=4000,
         runtime=30,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "brainatt synth-candidates --n {params.n} --seed {params.seed} --world {params.world:q} "
         "--kit {params.kit:q} --out {output} > {log} 2>&1"
@@ -67,7 +67,7 @@ rule scuba_candidate_features:
         runtime=120,
         gpu=0,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "brainatt features --role clip --stimuli {input.stimuli} --model {params.model:q} --kit {params.kit:q} "
         "--out {output} > {log} 2>&1"
@@ -97,7 +97,7 @@ rule scuba:
         runtime=60,
         gpu=0,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "brainatt scuba --responses {input.responses} --subject {wildcards.subject} --features {input.features} "
         "--candidates {input.candidates} --models {params.models:q} --config {params.config:q} --kit {params.kit:q} "
@@ -135,7 +135,7 @@ rule scuba_summary:
         mem_mb=3000,
         runtime=20,
     conda:
-        CONDA_ENV
+        ENVS["report"]
     shell:
         "brainatt scuba-summary --runs {input.runs} --responses {input.responses} --lexicon {params.lexicon:q} "
         "--noun {params.noun} --min-nc {params.min_nc} --nouns {output.nouns} --synthesis {output.synthesis} "
