@@ -250,9 +250,10 @@ def table(
         f"({betas_bytes / sessions / 1e9:.2f} GB per session, uncompressed int16 like NSD's)",
         "- projection: linear in what each stage iterates over (column `scales with`); NSD = 8 subjects × 40 "
         "sessions, 10,000 images each (9,000 training), 73,000 images in all; preprocess peak memory adds "
-        f"3 × 4 B × {n_vox:,} voxels per extra image (its per-image sums, squares and means); other peaks are "
-        "per batch or per session and stay as measured (ridge's grows with training images × voxels: projected "
-        "linearly, an upper bound)",
+        f"3 × 4 B × {n_vox:,} voxels per extra image (its per-image sums, squares and means), ridge's 2 × 4 B × "
+        "voxels per extra training image (responses and their centred copy); other peaks are per batch or per "
+        "session and stay as measured; ridge's disk is its (features × voxels) weights plus test predictions for "
+        "1,000 images",
         "",
         "| stage | threads | wall s | CPU s | peak RSS GB | output GB | scales with | NSD CPU h | NSD wall h (2 cores) "
         "| NSD peak RSS GB | NSD disk GB |",
@@ -274,11 +275,13 @@ def table(
         wall_h = cpu_h / threads[r["stage"]] if threads[r["stage"]] > 1 else cpu_h / 2  # 2 jobs at once otherwise
         if r["stage"] == "preprocess":
             rss = r["rss"] + per_image_prep * (NSD["images"] - n_seen) / 2**30
-        elif r["stage"] == "ridge":
-            rss = r["rss"] * factor
+        elif r["stage"] == "ridge":  # + the training responses and their centred copy (float32)
+            rss = r["rss"] + 2 * 4 * n_vox * (NSD["train"] - n_train) / 2**30
         else:
             rss = r["rss"]
         disk = r["disk"] * factor * subjects / 1e9
+        if r["stage"] == "ridge":  # weights are (features × voxels) whatever n; test predictions grow to 1,000 images
+            disk = (r["disk"] + 4 * n_vox * (NSD["images"] - NSD["train"] - (n_seen - n_train))) * subjects / 1e9
         total_cpu += cpu_h
         total_disk += disk
         lines.append(measured + f" {cpu_h:.1f} | {wall_h:.1f} | {rss:.1f} | {disk:,.0f} |")
