@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test lint report clean
+.PHONY: demo test lint report rulegraph clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ lint: $(VENV)/.installed
 
 test: lint
 	pytest -q
+
+# The README's figure: every rule of the demo and of the stages built by name (graphviz's `dot`: apt install graphviz).
+rulegraph: $(VENV)/.installed
+	snakemake --rulegraph --forceall --cores 1 all mindbridge results/tables/scuba_nouns.tsv | dot -Tsvg -o docs/rulegraph.svg
 
 clean:
 	rm -rf results logs benchmarks .snakemake

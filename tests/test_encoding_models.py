@@ -344,3 +344,44 @@ class Fixed(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out
+
+
+def test_training_killed_mid_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_run(
+    tmp_path, monkeypatch
+) -> None:
+    """Dropout on, so both random generators matter; a kill during epoch 4 leaves the epoch-3 state on disk."""
+    import brainatt.encoding.train as train
+
+    x, y, _, _ = toy_world(96, 0)
+    x_val, y_val, _, _ = toy_world(40, 1)
+    cfg = TrainConfig(epochs=7, batch=32, lr=3e-3, patience=7, lr_drop=3)
+
+    def run(checkpoint=None, key=""):
+        torch.manual_seed(0)
+        model = AttentionRoutingEncoder(VOXEL_QUERY, 2, GRID, WIDTH, heads=2, ff=32, dropout=0.2)
+        return fit(model, x, torch.from_numpy(y), x_val, y_val, cfg, checkpoint=checkpoint, key=key)
+
+    whole, whole_r, whole_history = run()
+    ckpt = tmp_path / "member.pt"
+    calls, loss = {"n": 0}, train._loss
+
+    def dying_loss(*args):
+        calls["n"] += 1
+        if calls["n"] == 3 * 3 + 2:  # 3 batches per epoch: the second batch of epoch 4 (index 3)
+            raise KeyboardInterrupt
+        return loss(*args)
+
+    monkeypatch.setattr(train, "_loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        run(ckpt, "a")
+    monkeypatch.setattr(train, "_loss", loss)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 3
+    resumed, resumed_r, resumed_history = run(ckpt, "a")
+    assert [h["epoch"] for h in resumed_history] == [h["epoch"] for h in whole_history]
+    assert [h["val_r"] for h in resumed_history] == [h["val_r"] for h in whole_history]
+    np.testing.assert_array_equal(resumed_r, whole_r)
+    for k, v in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[k], v), k
+    # A checkpoint saved under another key (other settings or data) is not resumed.
+    _, _, fresh_history = run(ckpt, "b")
+    assert [h["val_r"] for h in fresh_history] == [h["val_r"] for h in whole_history]

@@ -119,3 +119,21 @@ def test_nifti_and_hdf5_sessions_give_the_same_responses(tmp_path: Path, tiny_sp
     with h5py.File(out["hdf5"]) as a, h5py.File(out["nifti"]) as b:
         for name in ("train/betas", "test/betas", "trials/betas", "voxels/ijk", "voxels/nc_test"):
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+
+
+def test_stimuli_hold_each_seen_image_once_one_compressed_chunk_per_image(tiny_world: Path, tmp_path: Path) -> None:
+    from brainatt.contracts.stimuli import Stimuli
+    from brainatt.prep.stimuli import seen_nsd_ids, write_stimuli
+
+    layout = NSDLayout(tiny_world)
+    out = write_stimuli(layout, ["subj01", "subj02"], tmp_path / "images.h5")
+    ids = seen_nsd_ids(layout, ["subj01", "subj02"])
+    with h5py.File(layout.stimuli) as f:
+        brick = f["imgBrick"][()]
+    with h5py.File(out) as f:
+        images = f["images"]
+        assert images.chunks == (1, *images.shape[1:]) and images.compression == "gzip"
+        np.testing.assert_array_equal(f["nsd_ids"][()], ids)  # once each, sorted
+        np.testing.assert_array_equal(images[()], brick[ids])  # lossless
+        assert images.id.get_storage_size() < images.nbytes / 2  # nsd-synth scenes: flat colours (3x at 32 px)
+    np.testing.assert_array_equal(Stimuli(out).images(ids[[3, 0]]), brick[ids[[3, 0]]])  # by id, in the order asked

@@ -123,18 +123,30 @@ def train_member(
     seed: int,
     device: str = "cpu",
     desc: str = "",
+    checkpoint: Path | None = None,
+    data_id: str = "",
 ) -> tuple[nn.Module, np.ndarray, list[dict], list[str]]:
     """One ensemble member on training tokens ``x``: seeded initialisation, trained on the fit images of ``split``
     (fit, validation indices), best epoch by validation r. Returns the model, its per-voxel validation r, the
-    training history and the query names. ``settings`` is the ``encoding.<encoder>`` section."""
+    training history and the query names. ``settings`` is the ``encoding.<encoder>`` section. With
+    ``checkpoint``, training saves its state there every epoch and resumes a state saved for the same settings,
+    seed, split and ``data_id`` (what identifies the responses and tokens, see `TorchEnsemble.fit`)."""
     arch, train = split_settings(settings, encoder)
     fit_idx, val_idx = split
     torch.manual_seed(seed)
     model, queries = build_model(encoder, arch, sub, grid, x.shape[-1])
     y = torch.from_numpy(sub.train_y)
     run = dataclasses.replace(train, seed=seed)
-    model, r, history = fit(model.to(device), x[fit_idx], y[fit_idx], x[val_idx], sub.train_y[val_idx], run, desc)
+    key = json.dumps([encoder, arch, dataclasses.asdict(run), data_id, fit_idx.tolist()], sort_keys=True)
+    x_val, y_val = x[val_idx], sub.train_y[val_idx]
+    model, r, history = fit(model.to(device), x[fit_idx], y[fit_idx], x_val, y_val, run, desc, True, checkpoint, key)
     return model, r, history, queries
+
+
+def _file_id(path: Path) -> list[str | int]:
+    """A file's identity in checkpoint keys: path, size and modification time (a rewritten file is new data)."""
+    st = Path(path).stat()
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
 
 
 @torch.no_grad()
@@ -236,8 +248,11 @@ class Encoder(ABC):
         self.cfg = cfg or EncodingConfig()
 
     @abstractmethod
-    def fit(self, sub: SubjectData, cache: FeatureCache, device: str | None = None) -> Self:
-        """Fit to ``sub``'s training images (never its test images), from ``cache``'s features."""
+    def fit(
+        self, sub: SubjectData, cache: FeatureCache, device: str | None = None, checkpoints: Path | None = None
+    ) -> Self:
+        """Fit to ``sub``'s training images (never its test images), from ``cache``'s features; a torch encoder
+        saves and resumes each member's training under the folder ``checkpoints`` (`train.fit`)."""
 
     @abstractmethod
     def head(self) -> nn.Module:
@@ -318,7 +333,9 @@ class TorchEnsemble(Encoder):
     """Torch members trained per layer × seed on cached tokens, combined per voxel with softmax(τ·r_val) weights
     (`train.ensemble_weights`) of their validation r."""
 
-    def fit(self, sub: SubjectData, cache: FeatureCache, device: str | None = None) -> Self:
+    def fit(
+        self, sub: SubjectData, cache: FeatureCache, device: str | None = None, checkpoints: Path | None = None
+    ) -> Self:
         t0 = time.time()
         device = device or default_device()
         settings = getattr(self.cfg, self.name)
@@ -327,12 +344,14 @@ class TorchEnsemble(Encoder):
         split = validation_split(len(sub.train_ids), self.cfg.val_fraction, self.cfg.split_seed)
         self.val_ids_ = sub.train_ids[split[1]]
         self.members_, self.member_info_, self.layers_, val_r = [], [], [], []
+        data_id = json.dumps([_file_id(sub.path), _file_id(cache.path)])
         for layer in self.cfg.layers or cache.layers:
             x = torch.from_numpy(cache.tokens(layer, sub.train_ids))
             for seed in self.cfg.seeds:
                 desc = f"{self.name} L{layer} s{seed}"
+                checkpoint = Path(checkpoints) / f"L{layer}_s{seed}.pt" if checkpoints else None
                 model, r, history, self.queries_ = train_member(
-                    self.name, settings, sub, cache.grid, x, split, seed, device, desc
+                    self.name, settings, sub, cache.grid, x, split, seed, device, desc, checkpoint, data_id
                 )
                 self.members_.append(model)
                 self.layers_.append(layer)
@@ -418,13 +437,15 @@ class FactorizedReadout(TorchEnsemble):
 
 class RidgeEncoder(Encoder):
     """`RidgeCV` per input (per-voxel α by K-fold CV on the training images), each voxel keeping the input with
-    the best CV score."""
+    the best CV score. A closed-form fit: it keeps no checkpoints."""
 
     @abstractmethod
     def _inputs(self, sub: SubjectData, cache: FeatureCache) -> dict[str, tuple[int | str, np.ndarray]]:
         """Input name → (feature key, training design matrix); a PCA fitted here goes into ``pca_``."""
 
-    def fit(self, sub: SubjectData, cache: FeatureCache, device: str | None = None) -> Self:
+    def fit(
+        self, sub: SubjectData, cache: FeatureCache, device: str | None = None, checkpoints: Path | None = None
+    ) -> Self:
         t0 = time.time()
         ridge = self.cfg.ridge
         alphas = np.logspace(*ridge.get("alpha_range", (-1, 7)), ridge.get("n_alphas", 17))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -61,12 +62,17 @@ def fit_encoder(
     device: str | None = None,
 ) -> Path:
     """Fit the registered ``encoder`` for the subject of ``responses`` on the feature cache ``features``, predict
-    the test images from the cache, and write its folder ``out`` atomically."""
+    the test images from the cache, and write its folder ``out`` atomically.
+
+    Torch encoders checkpoint every epoch into ``{out}.ckpt/`` beside the folder (outside it: Snakemake clears a
+    job's outputs before rerunning it), resume from there when rerun, and remove it once ``out`` is complete."""
     cls = encoder_class(encoder)
     t0 = time.time()
     sub = load_subject(responses)
     cache = FeatureCache(features)
-    model = cls(cfg).fit(sub, cache, device)
+    out = Path(out)
+    checkpoints = out.parent / f"{out.name}.ckpt"
+    model = cls(cfg).fit(sub, cache, device, checkpoints)
     pred = model.predict(cache, sub.test_ids)
     true = read_true_responses(truth, sub.ijk, sub.test_ids, sub.path) if truth else None
     scores = voxel_scores(sub, pred, true)
@@ -77,6 +83,7 @@ def fit_encoder(
         if isinstance(model, TransformerEncoder):
             _write_attention(tmp / ATTENTION, model, cache, sub.test_ids, config)
         write_voxel_scores(tmp / VOXEL_SCORES, scores)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     ok = scores["nc"] >= NC_MIN
     log.info(
         "%s %s: mean r %.3f, NC-normalised %.3f (%d voxels with NC ≥ 5%%) in %.0f s",
@@ -87,4 +94,4 @@ def fit_encoder(
         ok.sum(),
         time.time() - t0,
     )
-    return Path(out)
+    return out

@@ -12,6 +12,10 @@ every model at the cap, still improving).
 Optional attention-entropy prior (``attention_entropy``, transformer only): from ``entropy_start`` the loss adds
 the weight times the mean entropy of the content-ROI queries' head-averaged maps, and early stopping selects only
 from that epoch on. MSE alone leaves the maps under-determined (docs/encoding.md); the prior picks sharper ones.
+
+With a ``checkpoint`` path the whole training state (weights, optimiser, schedule, both random generators, the best
+epoch so far, the history) is written there atomically after every epoch under a ``key`` naming the settings and
+the data; a rerun with the same key resumes after the last saved epoch and ends exactly as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +32,7 @@ import torch
 from torch import nn
 
 from brainatt.encoding.transformer import attention_entropy
-from brainatt.io import BrainattError
+from brainatt.io import BrainattError, atomic_path
 from brainatt.metrics import pearson_r
 
 log = logging.getLogger(__name__)
@@ -64,11 +69,14 @@ def fit(
     cfg: TrainConfig,
     desc: str = "",
     stage: bool = True,
+    checkpoint: Path | None = None,
+    key: str = "",
 ) -> tuple[nn.Module, np.ndarray, list[dict]]:
     """Train ``model`` on (x_fit, y_fit); return it at its best validation epoch, its per-voxel val r, history.
 
     Inputs come in CPU memory (float16 tokens). On a CUDA device, with ``stage``, they are copied there once when
-    they take at most half of its free memory (`stage_inputs`); otherwise they move batch by batch.
+    they take at most half of its free memory (`stage_inputs`); otherwise they move batch by batch. With
+    ``checkpoint``, every epoch's state is saved there and a saved state with the same ``key`` is resumed.
     """
     device = next(model.parameters()).device
     if stage:
@@ -76,13 +84,17 @@ def fit(
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_drop, gamma=0.5)
-    best_r, best_state, best_val, stale, history = -np.inf, None, None, 0, []
+    run = {"epoch": 0, "best_r": -np.inf, "best_state": None, "best_val": None, "stale": 0, "history": [], "done": 0}
     start = cfg.entropy_start if cfg.attention_entropy else 0
     if cfg.attention_entropy and not hasattr(model, "content_queries"):
         raise BrainattError(f"attention_entropy needs an attention model; {type(model).__name__} has no queries")
     if start >= cfg.epochs:
         raise BrainattError(f"entropy_start {start} leaves no epoch of the {cfg.epochs} to select from")
-    for epoch in range(cfg.epochs):
+    if checkpoint is not None and checkpoint.exists():
+        run = _resume(checkpoint, key, model, opt, sched, gen, run, desc)
+    for epoch in range(run["epoch"], cfg.epochs):
+        if run["done"]:
+            break
         t0 = time.time()
         prior = epoch >= start
         entropy_weight = cfg.attention_entropy if prior else 0.0
@@ -100,7 +112,9 @@ def fit(
         sched.step()
         r_val = pearson_r(y_val, predict(model, x_val))
         mean_r = float(r_val.mean())
-        history.append({"epoch": epoch, "train_loss": total / len(order), "val_r": mean_r, "s": time.time() - t0})
+        run["history"].append(
+            {"epoch": epoch, "train_loss": total / len(order), "val_r": mean_r, "s": time.time() - t0}
+        )
         log.info(
             "%s epoch %d: train loss %.4f, val r %.4f (%.1f s)",
             desc,
@@ -109,16 +123,73 @@ def fit(
             mean_r,
             time.time() - t0,
         )
-        if not prior:  # select only models trained under the full objective
-            continue
-        if mean_r > best_r:
-            best_r, best_state, best_val, stale = mean_r, copy.deepcopy(model.state_dict()), r_val, 0
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
-    model.load_state_dict(best_state)
-    return model.eval(), best_val, history
+        run["epoch"] = epoch + 1
+        if prior:  # select only models trained under the full objective
+            if mean_r > run["best_r"]:
+                best = {"best_r": mean_r, "best_state": copy.deepcopy(model.state_dict()), "best_val": r_val}
+                run.update(best, stale=0)
+            else:
+                run["stale"] += 1
+                run["done"] = int(run["stale"] >= cfg.patience)
+        if checkpoint is not None:
+            _save(checkpoint, key, model, opt, sched, gen, run)
+    model.load_state_dict(run["best_state"])
+    return model.eval(), run["best_val"], run["history"]
+
+
+def _save(
+    path: Path,
+    key: str,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+    run: dict[str, Any],
+) -> None:
+    """The training state after an epoch, written atomically (a kill mid-write leaves the previous one)."""
+    state = {
+        **run,
+        "best_val": None if run["best_val"] is None else torch.from_numpy(np.asarray(run["best_val"])),
+        "key": key,
+        "model": model.state_dict(),
+        "opt": opt.state_dict(),
+        "sched": sched.state_dict(),
+        "gen": gen.get_state(),
+        "rng": torch.get_rng_state(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _resume(
+    path: Path,
+    key: str,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+    run: dict[str, Any],
+    desc: str,
+) -> dict[str, Any]:
+    """Restore the state saved at ``path`` into the training objects and return the run's progress; a state saved
+    under another key (other settings or data) is ignored and training starts afresh."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, EOFError) as e:
+        log.warning("%s: unreadable checkpoint %s (%s): starting afresh", desc, path, e)
+        return run
+    if state.get("key") != key:
+        log.info("%s: checkpoint %s is for other settings or data: starting afresh", desc, path)
+        return run
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["rng"])
+    best_val = state["best_val"]
+    log.info("%s: resumed from %s at epoch %d", desc, path, state["epoch"])
+    return {k: state[k] for k in run} | {"best_val": None if best_val is None else best_val.numpy()}
 
 
 def stage_inputs(device: torch.device, *inputs: Any) -> tuple[Any, ...]:

@@ -25,7 +25,7 @@ rule braindive:
         runtime=120,
         gpu=0,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "OMP_NUM_THREADS={threads} brainatt braindive --encoder {input.encoder} --responses {input.responses} "
         "--subject {wildcards.subject} --target {wildcards.target} --config {params.config:q} "
@@ -89,7 +89,7 @@ rule braindive_eval:
         runtime=60,
         gpu=0,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "brainatt braindive-eval --runs {input.runs} --subjects {params.subjects} --responses {input.responses} "
         "--encoders {input.encoders} --stimuli {input.stimuli} --config {params.config:q} --clip {params.clip:q} "

@@ -2,13 +2,18 @@
 # software environments work, since the package is needed only inside the jobs.
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
 DATASET = config["dataset"]
 SUBJECTS = DATASET["subjects"]
-CONDA_ENV = "../../envs/brainatt.yaml"
 PACKAGE = Path(workflow.basedir) / "brainatt"
+# Conda environments per stage family (--software-deployment-method conda), as paths from workflow/rules/: `prep`
+# (NSD readers), `report` (tables and figures from finished outputs), `torch` (everything that runs a model).
+ENVS = {family: f"../../envs/{family}.yaml" for family in ("prep", "report", "torch")}
+# Exported for the environments' post-deploy scripts, which install this checkout's package.
+os.environ.update(BRAINATT_SOURCE=str(Path(workflow.basedir).resolve()))
 
 
 wildcard_constraints:

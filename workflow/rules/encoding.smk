@@ -22,7 +22,7 @@ rule features:
         runtime=120,
         gpu=0,  # a cluster profile sets gpu=1 (set-resources); the code uses a GPU when it sees one
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "brainatt features --role {wildcards.role} --stimuli {input.stimuli} --model {params.model:q} "
         "--kit {params.kit:q} --out {output} > {log} 2>&1"
@@ -48,7 +48,7 @@ rule encode:
         runtime=240,
         gpu=0,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "OMP_NUM_THREADS={threads} brainatt encode --responses {input.responses} --features {input.features} "
         "--encoder {wildcards.encoder} --config {params.config:q} {params.truth} --out {output} > {log} 2>&1"
@@ -96,7 +96,7 @@ rule encoding_summary:
         mem_mb=2000,
         runtime=20,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "brainatt encoding-summary --encoding results/encoding --subjects {params.subjects} "
         "--encoders {params.encoders} {params.routing} --table {output.table} --figure {output.figure} > {log} 2>&1"
@@ -129,7 +129,7 @@ rule encoding_figures:
         mem_mb=2000,
         runtime=20,
     conda:
-        CONDA_ENV
+        ENVS["report"]
     shell:
         "brainatt encoding-figures --encoding results/encoding --subject {wildcards.subject} "
         "--encoders {params.encoders} --responses {input.responses} --stimuli {input.stimuli} "

@@ -24,7 +24,7 @@ rule mindbridge_text:
         runtime=30,
         gpu=0,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "brainatt mindbridge-text --stimuli {input.stimuli} --model {params.model:q} --kit {params.kit:q} "
         "--out {output} > {log} 2>&1"
@@ -49,7 +49,7 @@ rule mindbridge_single:
         runtime=60,
         gpu=0,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "OMP_NUM_THREADS={threads} brainatt mindbridge --regime single --responses {wildcards.subject}={input.responses} "
         "--image-features {input.image} --text-features {input.text} --config {params.config:q} --out {output} "
@@ -76,7 +76,7 @@ rule mindbridge_bridge:
         runtime=120,
         gpu=0,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "OMP_NUM_THREADS={threads} brainatt mindbridge --regime bridge --responses {params.responses} "
         "--image-features {input.image} --text-features {input.text} --config {params.config:q} --out {output} "
@@ -107,7 +107,7 @@ rule mindbridge_adapt:
         runtime=60,
         gpu=0,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "OMP_NUM_THREADS={threads} brainatt mindbridge --regime {wildcards.mode} --responses {params.responses} "
         "--target {wildcards.target} --percent {wildcards.pct} --init {input.bridge} "
@@ -134,7 +134,7 @@ rule mindbridge_scratch:
         runtime=60,
         gpu=0,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "OMP_NUM_THREADS={threads} brainatt mindbridge --regime single --responses {wildcards.target}={input.responses} "
         "--percent {wildcards.pct} --image-features {input.image} --text-features {input.text} "
@@ -166,7 +166,7 @@ rule mindbridge_summary:
         mem_mb=2000,
         runtime=10,
     conda:
-        CONDA_ENV
+        ENVS["report"]
     shell:
         "brainatt mindbridge-summary --runs {input} --table {output.table} --figure {output.figure} > {log} 2>&1"
 
@@ -205,7 +205,7 @@ rule mindbridge_recon:
         runtime=60,
         gpu=0,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "OMP_NUM_THREADS={threads} brainatt mindbridge-recon --run {input.run} --subject {wildcards.subject} "
         "--stimuli {input.stimuli} --clip {params.clip:q} --kit {params.kit:q} --n-images {params.n} "
@@ -232,7 +232,7 @@ rule mindbridge_recon_table:
         mem_mb=1000,
         runtime=5,
     conda:
-        CONDA_ENV
+        ENVS["report"]
     shell:
         "brainatt mindbridge-summary --recon {input} --table {output} > {log} 2>&1"
 

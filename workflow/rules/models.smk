@@ -16,7 +16,7 @@ rule kit:
         runtime=240,
         gpu=0,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "brainatt kit --spec {params.spec:q} --out {output} > {log} 2>&1"
 
@@ -48,6 +48,6 @@ rule kit_eval:
         mem_mb=4000,
         runtime=30,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "brainatt kit-eval --kit {params.kit:q} --table {output.table} --figure {output.figure} > {log} 2>&1"

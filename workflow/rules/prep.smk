@@ -19,7 +19,7 @@ rule preprocess:
         mem_mb=4000,
         runtime=60,
     conda:
-        CONDA_ENV
+        ENVS["prep"]
     shell:
         "brainatt preprocess --root {params.root:q} --layout {params.layout} --space {params.space} "
         "--betas {params.betas} --subject {wildcards.subject} --mask {params.mask} "
@@ -46,7 +46,7 @@ rule stimuli:
         mem_mb=2000,
         runtime=30,
     conda:
-        CONDA_ENV
+        ENVS["prep"]
     shell:
         "brainatt stimuli --root {params.root:q} --layout {params.layout} --space {params.space} "
         "--betas {params.betas} --subjects {params.subjects} --out {output} > {log} 2>&1"
@@ -77,6 +77,6 @@ rule prep_summary:
         mem_mb=1000,
         runtime=10,
     conda:
-        CONDA_ENV
+        ENVS["report"]
     shell:
         "brainatt prep-summary --responses {input} --table {output.table} --figure {output.figure} > {log} 2>&1"

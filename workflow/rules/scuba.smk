@@ -67,7 +67,7 @@ rule scuba_candidates:
         mem_mb=4000,
         runtime=30,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "brainatt synth-candidates --n {params.n} --seed {params.seed} --world {params.world:q} "
         "--kit {params.kit:q} --out {output} > {log} 2>&1"
@@ -94,7 +94,7 @@ rule scuba_candidate_embeddings:
         runtime=120,
         gpu=0,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "OMP_NUM_THREADS={threads} brainatt scuba-candidates --source {params.source} --path {input.source:q} {params.dataset} "
         "--model {params.model:q} --kit {params.kit:q} --batch 128 --out {output} > {log} 2>&1"
@@ -164,7 +164,7 @@ rule scuba:
         runtime=60,
         gpu=0,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "OMP_NUM_THREADS={threads} brainatt scuba --responses {input.responses} --subject {wildcards.subject} "
         "--features {input.features} --stimuli {input.stimuli} "
@@ -219,7 +219,7 @@ rule scuba_summary:
         mem_mb=3000,
         runtime=20,
     conda:
-        CONDA_ENV
+        ENVS["report"]
     shell:
         "brainatt scuba-summary --runs {input.runs} --responses {input.responses} --lexicon {params.lexicon:q} "
         "--noun {params.noun} --min-nc {params.min_nc} --nouns {output.nouns} --synthesis {output.synthesis} "

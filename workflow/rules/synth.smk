@@ -17,6 +17,6 @@ if "synth" in config:
             mem_mb=6000,
             runtime=30,
         conda:
-            CONDA_ENV
+            ENVS["torch"]
         shell:
             "brainatt synthesize --spec {params.spec:q} --layout {params.layout} --out {output} > {log} 2>&1"
