@@ -133,7 +133,7 @@ rule scuba_captioner:
         mem_mb=8000,
         runtime=720,
     conda:
-        CONDA_ENV
+        ENVS["torch"]
     shell:
         "brainatt train-captioner --stimuli {input.stimuli} --clip {params.clip:q} {params.gpt2} --kit {params.kit:q} "
         "--spec {params.spec:q} --out results/scuba/captioner > {log} 2>&1"
