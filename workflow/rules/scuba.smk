@@ -219,7 +219,7 @@ rule scuba_summary:
         mem_mb=3000,
         runtime=20,
     conda:
-        ENVS["report"]
+        ENVS["torch"]  # its gallery inlines images through brainatt.images, which imports torch
     shell:
         "brainatt scuba-summary --runs {input.runs} --responses {input.responses} --lexicon {params.lexicon:q} "
         "--noun {params.noun} --min-nc {params.min_nc} --nouns {output.nouns} --synthesis {output.synthesis} "
