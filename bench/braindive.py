@@ -140,7 +140,8 @@ def main() -> None:
             f"- load average (1, 5, 15 min) at start → end: {' '.join(f'{x:.2f}' for x in load0)} → "
             f"{' '.join(f'{x:.2f}' for x in load1)} (other work on the machine slows every arm)",
             f"- command: `python bench/braindive.py --settings {' '.join(args.settings)} "
-            f"--paper-steps {args.paper_steps} --threads {args.threads}`",
+            f"--kit-batch {args.kit_batch} --paper-steps {args.paper_steps} --paper-batch {args.paper_batch} "
+            f"--threads {args.threads}`",
             "- kit: kit diffusion (64 px pixel space) + demo subj01 ridge_pooled encoder (kit CLIP live), DPM-Solver++;"
             " paper: random-weight SD-2.1-base UNet + VAE (512 px), ViT-B/16 + linear head, DPM-Solver++",
             "- s/image, s/step and × unguided: from the arm's CPU time on cpu (wall time on a shared machine counts",

@@ -180,6 +180,8 @@ def test_unknown_scheduler_and_settings_are_refused(latent_model) -> None:
         sample(latent_model, None, steps=1, seeds=[0], scheduler="euler")
     with pytest.raises(BrainattError, match="unknown settings"):
         DiveConfig.from_config({"gama": 3})
+    with pytest.raises(BrainattError, match="guide_grad"):
+        DiveConfig.from_config({"guide_grad": "jacobian"})
 
 
 # ------------------------------------------------------------------------------------------- tiny world, truth
