@@ -2,7 +2,8 @@
 
 Arms, each in its own process (so its peak RSS is its own): ``unguided``; ``reuse`` (guided, the guidance pass's
 ε is the step's: one UNet forward + backward per step); ``two-pass`` (guided, a separate gradient-free forward
-gives the step's ε, the reference's order). Settings:
+gives the step's ε, the reference's order); ``x0`` (guided, the approximate gradient: taken at x̂₀ with the UNet's
+Jacobian dropped, no UNet backward). Settings:
 
 - ``kit``: the shipped kit diffusion (pixel space, 64 px) guided by the demo's saved ``ridge_pooled`` encoder of
   subj01 (``--encoder``); the demo's batch and steps. Target: guided / unguided ≤ 2.5 with ε reuse.
@@ -28,6 +29,7 @@ from bench.common import code_version, machine, report
 
 HEADING = "## braindive"
 TIMED = ("brainatt/models/diffusion.py", "brainatt/braindive/objective.py")
+ARMS = ("unguided", "reuse", "two-pass", "x0")
 
 
 class ClipHead(nn.Module):
@@ -77,17 +79,18 @@ def _arm(setting: str, arm: str, steps: int, batch: int, encoder_dir: str, threa
     kw = {"steps": steps, "seeds": list(range(batch)), "image_size": size, "scheduler": scheduler}
     if device == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    sample(model, None, guide=guide, guide_scale=100.0, reuse_eps=arm != "two-pass", **kw)
+    t0, c0 = time.perf_counter(), time.process_time()
+    grad = "x0" if arm == "x0" else "unet"
+    sample(model, None, guide=guide, guide_scale=100.0, reuse_eps=arm != "two-pass", guide_grad=grad, **kw)
     if device == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     if device == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB → GB
-    return {"setting": setting, "arm": arm, "s": seconds, "peak_gb": peak}
+    return {"setting": setting, "arm": arm, "s": seconds, "cpu_s": cpu, "peak_gb": peak}
 
 
 def run(setting: str, arm: str, steps: int, batch: int, encoder_dir: str, threads: int, device: str) -> dict:
@@ -112,12 +115,13 @@ def main() -> None:
     for setting in args.settings:
         steps, batch = (args.kit_steps, args.kit_batch) if setting == "kit" else (args.paper_steps, args.paper_batch)
         base = None
-        for arm in ("unguided", "reuse", "two-pass"):
+        for arm in ARMS:
             r = run(setting, arm, steps, batch, args.encoder, args.threads, args.device)
-            base = base or r["s"]
+            cost = r["cpu_s"] if args.device == "cpu" else r["s"]  # CPU time: robust to a shared machine
+            base = base or cost
             rows.append(
-                f"| {setting} | {arm} | {batch} | {steps} | {r['s']:.1f} | {r['s'] / batch:.2f} | "
-                f"{r['s'] / steps:.2f} | {r['s'] / base:.2f} | {r['peak_gb']:.2f} |"
+                f"| {setting} | {arm} | {batch} | {steps} | {r['s']:.1f} | {r['cpu_s']:.1f} | {cost / batch:.2f} | "
+                f"{cost / steps:.2f} | {cost / base:.2f} | {r['peak_gb']:.2f} |"
             )
             print(rows[-1], flush=True)
     load1 = os.getloadavg()
@@ -127,7 +131,8 @@ def main() -> None:
             "",
             "Guided vs unguided sampling at equal steps and batch (`bench/braindive.py`): the guided arms add one UNet",
             "backward, the decoder and the encoder forward + backward per step; `two-pass` also runs the reference's",
-            "separate gradient-free UNet forward. Target: guided / unguided ≤ 2.5 with ε reuse.",
+            "separate gradient-free UNet forward; `x0` (approximate gradient, UNet Jacobian dropped) adds no UNet",
+            "backward. Target: guided / unguided ≤ 2.5 with ε reuse.",
             "",
             f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; code: {code_version(TIMED)}",
             f"- machine: {machine(f'torch {torch.__version__}')}; {args.threads} thread(s) per arm; "
@@ -135,13 +140,15 @@ def main() -> None:
             f"- load average (1, 5, 15 min) at start → end: {' '.join(f'{x:.2f}' for x in load0)} → "
             f"{' '.join(f'{x:.2f}' for x in load1)} (other work on the machine slows every arm)",
             f"- command: `python bench/braindive.py --settings {' '.join(args.settings)} "
-            f"--paper-steps {args.paper_steps} --threads {args.threads}`",
+            f"--kit-batch {args.kit_batch} --paper-steps {args.paper_steps} --paper-batch {args.paper_batch} "
+            f"--threads {args.threads}`",
             "- kit: kit diffusion (64 px pixel space) + demo subj01 ridge_pooled encoder (kit CLIP live), DPM-Solver++;"
             " paper: random-weight SD-2.1-base UNet + VAE (512 px), ViT-B/16 + linear head, DPM-Solver++",
-            "- peak GB: the arm process's maximum RSS (weights included)",
+            "- s/image, s/step and × unguided: from the arm's CPU time on cpu (wall time on a shared machine counts",
+            "  the others' work), wall time on cuda; peak GB: the arm process's maximum RSS (weights included)",
             "",
-            "| setting | arm | batch | steps | total s | s/image | s/step | × unguided | peak GB |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| setting | arm | batch | steps | wall s | CPU s | s/image | s/step | × unguided | peak GB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             *rows,
             "",
             "On a GPU (prepared, not yet run): `flock /tmp/brainatt-bench.lock python bench/braindive.py --device cuda "

@@ -129,6 +129,27 @@ def test_gamma_zero_reproduces_the_unguided_sampler_and_eps_reuse_matches_two_pa
     assert (objective(guided) > objective(plain)).all()
 
 
+def test_the_approximate_x0_gradient_skips_the_unet_and_still_raises_the_objective(latent_model) -> None:
+    """``guide_grad="x0"``: γ = 0 gives the unguided images, γ > 0 raises the objective, and each step runs one
+    gradient-free UNet forward (no UNet backward)."""
+    objective = RoiObjective(PixelEncoder(6), np.array([1, 1, 1, 0, 0, 0], bool))
+    kw = {"steps": 3, "seeds": [4, 9], "image_size": 16, "scheduler": "ddim", "guide_grad": "x0"}
+    plain = sample(latent_model, None, **kw)
+    assert torch.equal(plain, sample(latent_model, None, guide=objective, guide_scale=0.0, **kw))
+    guided = sample(latent_model, None, guide=objective, guide_scale=50.0, **kw)
+    assert (objective(guided) > objective(plain)).all()
+
+    grad_enabled = []
+    hook = latent_model.unet.register_forward_hook(lambda *_: grad_enabled.append(torch.is_grad_enabled()))
+    try:
+        sample(latent_model, None, guide=objective, guide_scale=50.0, **kw)
+    finally:
+        hook.remove()
+    assert len(grad_enabled) == 3 and not any(grad_enabled)  # one gradient-free UNet forward per step
+    with pytest.raises(BrainattError, match="x0"):
+        sample(latent_model, None, guide=objective, guide_scale=1.0, **(kw | {"guide_grad": "none"}))
+
+
 def test_v_prediction_models_are_sampled_in_eps(latent_model) -> None:
     """A v-prediction UNet whose output is exactly the v of an ε-model's prediction gives the same images."""
     from diffusers import DDIMScheduler
@@ -159,6 +180,8 @@ def test_unknown_scheduler_and_settings_are_refused(latent_model) -> None:
         sample(latent_model, None, steps=1, seeds=[0], scheduler="euler")
     with pytest.raises(BrainattError, match="unknown settings"):
         DiveConfig.from_config({"gama": 3})
+    with pytest.raises(BrainattError, match="guide_grad"):
+        DiveConfig.from_config({"guide_grad": "jacobian"})
 
 
 # ------------------------------------------------------------------------------------------- tiny world, truth

@@ -26,7 +26,7 @@ from brainatt.contracts.encoding import read_model_info
 from brainatt.contracts.responses import read_responses
 from brainatt.encoding.encoders import load_image_encoder
 from brainatt.io import BrainattError, atomic_path
-from brainatt.models.diffusion import SCHEDULERS, sample
+from brainatt.models.diffusion import GUIDE_GRADIENTS, SCHEDULERS, sample
 from brainatt.models.loading import load_clip, load_diffusion
 from brainatt.models.spec import ModelSpec
 
@@ -49,6 +49,7 @@ class DiveConfig:
     steps: int = 20
     scheduler: str = "dpm++2m"
     reuse_eps: bool = True
+    guide_grad: str = "unet"
     prompt: str = ""
     cfg_scale: float = 1.0
     contrast: float = 0.0
@@ -69,6 +70,10 @@ class DiveConfig:
         out = cls(**cfg)
         if out.scheduler not in SCHEDULERS:
             raise BrainattError(f"braindive.scheduler {out.scheduler!r} unknown: choose from {', '.join(SCHEDULERS)}")
+        if out.guide_grad not in GUIDE_GRADIENTS:
+            raise BrainattError(
+                f"braindive.guide_grad {out.guide_grad!r} unknown: choose from {', '.join(GUIDE_GRADIENTS)}"
+            )
         if not 0 < out.keep <= 1:
             raise BrainattError(f"braindive.keep must be in (0, 1], got {out.keep}")
         return out
@@ -169,6 +174,7 @@ def generate(
                     guide_scale=gamma,
                     scheduler=cfg.scheduler,
                     reuse_eps=cfg.reuse_eps,
+                    guide_grad=cfg.guide_grad,
                 ).cpu()
                 with torch.no_grad():
                     pred = roi_means(encoder(images.to(device)), weights).cpu().numpy()

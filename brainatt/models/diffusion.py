@@ -159,6 +159,7 @@ def encode_prompts(
 
 # -------------------------------------------------------------------------------------------------- sampling
 SCHEDULERS = ("ddim", "dpm++2m")
+GUIDE_GRADIENTS = ("unet", "x0")
 
 
 def make_sampler(model: DiffusionModel, name: str, steps: int) -> Any:
@@ -214,6 +215,7 @@ def sample(
     eta: float = 0.0,
     scheduler: str = "ddim",
     reuse_eps: bool = True,
+    guide_grad: str = "unet",
     embeddings: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDIM or DPM-Solver++(2M) → images (B,3,image_size,image_size) in [0,1].
@@ -231,6 +233,9 @@ def sample(
     through the UNet, the decoder, the resize and the scorer. With ``reuse_eps`` the guidance pass's ε is also the
     step's (one UNet forward and backward per step); without it, a separate gradient-free pass gives the step's ε
     (the reference's order). With ``guide_scale`` 0 both give the unguided images exactly.
+    ``guide_grad="x0"`` is an approximation that skips the UNet backward: the score's gradient is taken with
+    respect to x̂₀ and the UNet's Jacobian dropped, ∇ₓₜ score ≈ ∇ₓ̂₀ score / √ᾱₜ (as training-free guidance
+    methods such as MPGD do); one gradient-free UNet forward per step (``reuse_eps`` does not apply).
     ``embeddings``: for ``conditioning: "clip"`` models, (B, D) CLIP embeddings to condition on instead of the
     prompts' (L2-normalised here; decoded brain activity, MindBridge); ``prompts`` is then ignored.
     """
@@ -274,12 +279,15 @@ def sample(
             out = out_u + scale * (out_c - out_u)
         return alpha.sqrt() * out + (1 - alpha).sqrt() * x if v_prediction else out
 
+    if guide_grad not in GUIDE_GRADIENTS:
+        raise BrainattError(f"unknown guide_grad {guide_grad!r}: choose from {', '.join(GUIDE_GRADIENTS)}")
+    through_unet = guide is not None and guide_grad == "unet"
     for t in sampler.timesteps:
         alpha = model.scheduler.alphas_cumprod[int(t)].to(device, dtype)
-        if guide is None or not reuse_eps:
+        if not through_unet or not reuse_eps:
             with torch.no_grad():
                 eps = predict(z, t, alpha)
-        if guide is not None:
+        if through_unet:
             with torch.enable_grad():
                 z_in = z.detach().requires_grad_(True)
                 eps_g = predict(z_in, t, alpha)
@@ -287,6 +295,12 @@ def sample(
                 score = guide(from_model_space(model, x0, image_size), t).sum()
                 (grad,) = torch.autograd.grad(score, z_in)
             eps = (eps_g.detach() if reuse_eps else eps) - guide_scale * (1 - alpha).sqrt() * grad
+        elif guide is not None:  # the UNet's Jacobian dropped: ∇ₓₜ S ≈ ∇ₓ̂₀ S / √ᾱₜ
+            with torch.enable_grad():
+                x0 = ((z - (1 - alpha).sqrt() * eps) / alpha.sqrt()).requires_grad_(True)
+                score = guide(from_model_space(model, x0, image_size), t).sum()
+                (grad,) = torch.autograd.grad(score, x0)
+            eps = eps - guide_scale * ((1 - alpha) / alpha).sqrt() * grad
         z = sampler.step(eps, t, z, **step_kwargs).prev_sample
     with torch.no_grad():
         return from_model_space(model, z, image_size).float()

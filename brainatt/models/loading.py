@@ -338,18 +338,19 @@ def load_diffusion(spec: ModelSpec, device: str = "cpu", kit_dir: str | Path | N
         local = Path(name)
         info = json.loads((local / "brainatt.json").read_text()) if (local / "brainatt.json").exists() else {}
         model = DiffusionModel(
-            unet=unet.to(device).eval(),
+            unet=unet.to(device).eval().requires_grad_(False),
             scheduler=scheduler,
             info=info,
             conditioning=info.get("conditioning", "text_encoder"),
         )
         if not local.is_dir() or (local / "vae").is_dir():
-            model.vae = AutoencoderKL.from_pretrained(name, subfolder="vae", use_safetensors=True).to(device).eval()
+            vae = AutoencoderKL.from_pretrained(name, subfolder="vae", use_safetensors=True)
+            model.vae = vae.to(device).eval().requires_grad_(False)
         if model.conditioning == "text_encoder":
             from transformers import AutoTokenizer, CLIPTextModel
 
             model.text_encoder = CLIPTextModel.from_pretrained(name, subfolder="text_encoder", use_safetensors=True)
-            model.text_encoder.to(device).eval()
+            model.text_encoder.to(device).eval().requires_grad_(False)
             model.tokenizer = AutoTokenizer.from_pretrained(name, subfolder="tokenizer")
         return model
 
