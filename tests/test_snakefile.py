@@ -83,9 +83,19 @@ def test_encode_params_hold_only_the_encoders_own_section(tmp_path: Path) -> Non
 
 def test_clip_features_are_buildable_on_request() -> None:
     output = _demo_dry_run("results/features/clip/kit-clip.h5")
-    assert "brainatt features --role clip" in output and "results/features/clip" not in _demo_dry_run()
+    assert "brainatt features --role clip" in output and "results/features/clip/" not in _demo_dry_run()
     wrong = _run(REPO, "-n", "--cores", "1", "results/features/clip/ViT-B-16.h5")
     assert wrong.returncode != 0 and "results/features/clip/kit-clip.h5" in wrong.stdout + wrong.stderr
+
+
+def test_mindbridge_is_in_the_default_target_on_the_encoders_clip_features(tmp_path: Path) -> None:
+    output = _demo_dry_run()
+    assert {"mindbridge_bridge", "mindbridge_adapt", "mindbridge_recon_table"} <= _planned_rules(output)
+    # the backbone role is the same CLIP model: its feature file's pooled embeddings are the image targets
+    assert "--image-features results/features/backbone/kit-clip.h5" in output
+    assert "brainatt features --role clip" not in output
+    off = _demo_dry_run(override={"mindbridge": {"in_all": False}}, tmp=tmp_path)
+    assert "mindbridge_bridge" not in _planned_rules(off)
 
 
 def test_scuba_is_buildable_by_name_outside_the_default_target() -> None:

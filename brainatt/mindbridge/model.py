@@ -200,7 +200,8 @@ class MindBridge(nn.Module):
         batch's subjects among them is drawn per step.
         """
         cfg = self.cfg
-        z = {s: self.embed(s, x) for s, x in batch.items()}
+        pooled = {s: self.aggregate[s](x) for s, x in batch.items()}  # aggregated once: input and rec target
+        z = {s: self.embedders[s](f) for s, f in pooled.items()}
         pred_img, pred_txt = self.decode(torch.cat(list(z.values())))
         out = {
             "softclip_image": soft_clip_loss(pred_img, image, cfg.temperature),
@@ -210,9 +211,7 @@ class MindBridge(nn.Module):
         }
         zero = pred_img.new_zeros(())
         out["rec"] = (
-            torch.stack([F.mse_loss(self.builders[s](z[s]), self.aggregate[s](batch[s])) for s in batch]).mean()
-            if cfg.rec
-            else zero
+            torch.stack([F.mse_loss(self.builders[s](z[s]), pooled[s]) for s in batch]).mean() if cfg.rec else zero
         )
         pairs = [(a, b) for a in batch for b in batch if a != b]
         if cycle_pairs is not None:

@@ -33,7 +33,7 @@ rule mindbridge_text:
 rule mindbridge_single:
     input:
         responses="results/prep/{subject}/responses.h5",
-        image=FEATURES["clip"],
+        image=MB_IMAGE,
         text=MB_TEXT,
     output:
         directory("results/mindbridge/single/{subject}"),
@@ -59,7 +59,7 @@ rule mindbridge_single:
 rule mindbridge_bridge:
     input:
         responses=expand("results/prep/{subject}/responses.h5", subject=MB_SOURCES),
-        image=FEATURES["clip"],
+        image=MB_IMAGE,
         text=MB_TEXT,
     output:
         directory("results/mindbridge/bridge"),
@@ -86,7 +86,7 @@ rule mindbridge_bridge:
 rule mindbridge_adapt:
     input:
         responses=expand("results/prep/{subject}/responses.h5", subject=SUBJECTS),
-        image=FEATURES["clip"],
+        image=MB_IMAGE,
         text=MB_TEXT,
         bridge="results/mindbridge/bridge",
     output:
@@ -118,7 +118,7 @@ rule mindbridge_adapt:
 rule mindbridge_scratch:
     input:
         responses="results/prep/{target}/responses.h5",
-        image=FEATURES["clip"],
+        image=MB_IMAGE,
         text=MB_TEXT,
     output:
         directory("results/mindbridge/scratch/{target}/p{pct}"),
