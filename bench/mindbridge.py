@@ -62,7 +62,7 @@ def step_time(device: str, steps: int, paper: bool) -> tuple[float, float, float
     if paper:
         model, voxels, shapes = paper_model(0, device), SUBJECTS, ((257, 768), (77, 768))
     else:
-        voxels, shapes = {"subj01": 3478, "subj02": 2290, "subj03": 3168}, ((1, 512), (1, 512))
+        voxels, shapes = {"subj01": 3478, "subj02": 2290, "subj03": 3168}, ((1, 128), (1, 128))
         model = MindBridge(voxels, *shapes, MindBridgeConfig()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     batch = {s: torch.randn(50, v, device=device) for s, v in voxels.items()}
@@ -172,7 +172,7 @@ def main() -> None:
     sps, sec, _ = step_time("cpu", args.steps, paper=False)
     lines += [
         "Demo-size bridge training on the CPU (1 thread; 3 subjects × 50 trials per step, P 1024, h 256, pooled",
-        "512-d targets):",
+        "128-d targets, as the kit's):",
         "",
         "| device | samples/s | s/step |",
         "|---|---:|---:|",

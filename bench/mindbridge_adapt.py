@@ -61,6 +61,7 @@ def main() -> None:
     p.add_argument("--val", type=float, default=20.0, help="validation: the last this %% of training images")
     p.add_argument("--adapt", default="{}", help="JSON overrides of mindbridge.adapt (limited-data runs)")
     p.add_argument("--table", help="write one row per run here (TSV)")
+    p.add_argument("--merge", nargs="+", help="summarise these --table files (runs split over processes) instead")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -72,19 +73,23 @@ def main() -> None:
     adapt = {**mb.get("train", {}), **mb.get("adapt", {}), **json.loads(args.adapt)}
     model_cfg = MindBridgeConfig.from_config(mb.get("model", {}))
     res = Path(args.results)
+    if args.merge:
+        table = pd.concat([pd.read_csv(t, sep="\t") for t in args.merge], ignore_index=True)
+        args.seeds = sorted(table.seed.unique().tolist())
+        summarise(args, table, adapt, percents)
+        return
     data = {s: load_subject(res / f"prep/{s}/responses.h5", s) for s in subjects}
     full, val = validation_split(data[target], args.val / 100)
     n_train = len(data[target].train_images())  # N is a share of all the target's training images, as the pipeline
     ids = np.concatenate([np.concatenate([d.trial_ids, d.test_ids]) for d in data.values()])
     targets = load_targets(res / "features/backbone/kit-clip.h5", res / "features/clip_text/kit-clip.h5", ids)
     rows = []
-    t_start = time.time()
     for seed in args.seeds:
         train_cfg = TrainConfig.from_config({**adapt, "seed": seed})
         for pct in percents:
             limited = full.limit(max(1, round(pct / 100 * n_train)))
             for regime in ("reset", "scratch"):
-                t0 = time.time()
+                t0 = time.process_time()
                 if regime == "reset":
                     run_data = {**{s: data[s] for s in subjects if s != target}, target: limited}
                     model, _ = train_regime(
@@ -105,13 +110,18 @@ def main() -> None:
                         "val_cosine": on_val["cosine"],
                         "test_top1": test["image_retrieval"],
                         "test_cosine": test["cosine"],
-                        "seconds": time.time() - t0,
+                        "cpu_s": time.process_time() - t0,
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
     table = pd.DataFrame(rows)
     if args.table:
         table.to_csv(args.table, sep="\t", index=False)
+    summarise(args, table, adapt, percents)
+
+
+def summarise(args: argparse.Namespace, table: pd.DataFrame, adapt: dict, percents: list[float]) -> None:
+    """Mean ± SD over seeds of reset − scratch per N, on validation and test, into RESULTS.md."""
     wide = table.pivot_table(index=["seed", "percent"], columns="regime", values=["val_top1", "test_top1"])
     lines = [
         "## mindbridge_adapt",
@@ -120,7 +130,7 @@ def main() -> None:
         f"over seeds {args.seeds} (the cross-subject model fixed); validation: the target's last {args.val:g} % of",
         "training images (trials averaged), test: the shared images (the pipeline's table).",
         "",
-        f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {time.time() - t_start:.0f} s",
+        f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {len(table)} runs, {table.cpu_s.sum():.0f} CPU-s (1 thread)",
         f"- machine: {machine(f'torch {torch.__version__}')}",
         f"- command: `python bench/mindbridge_adapt.py --seeds {' '.join(map(str, args.seeds))} "
         f"--adapt '{json.dumps(json.loads(args.adapt))}'`; limited-data settings {json.dumps(adapt)}",

@@ -99,13 +99,14 @@ def load_targets(
 ) -> Targets:
     """CLIP image (pooled, or with ``tokens`` the token grid) and text targets of ``nsd_ids`` from their files.
 
-    Both files must come from the same CLIP model (their recorded model names).
+    Both files must come from the same CLIP model (their recorded model names, or kit folders' names, and tags).
     """
     nsd_ids = np.unique(np.asarray(nsd_ids, np.int64))
     image_cache, text_cache = FeatureCache(image_features), FeatureCache(text_features)
-    if image_cache.spec.name != text_cache.spec.name:
+    models = [(Path(c.spec.name).name, c.spec.pretrained) for c in (image_cache, text_cache)]
+    if models[0] != models[1]:
         raise BrainattError(
-            f"{image_features}: image features of {image_cache.spec.name}, text features ({text_features}) of "
-            f"{text_cache.spec.name}: MindBridge's targets need one CLIP model; rerun the mindbridge rules"
+            f"{image_features}: image features of {models[0]}, text features ({text_features}) of {models[1]}: "
+            "MindBridge's targets need one CLIP model; rerun the mindbridge rules"
         )
     return Targets(nsd_ids, _embeddings(image_cache, nsd_ids, tokens), _embeddings(text_cache, nsd_ids, False))

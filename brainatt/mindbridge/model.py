@@ -38,9 +38,10 @@ class MindBridgeConfig:
     dropout_embedder: float = 0.5
     dropout_translator: float = 0.15
     temperature: float = 0.005
-    # The reference's 1e4·MSE on unit vectors is 2e4/D·(1 − cos): ≈ 40 for the kit's 512-d pooled embeddings
-    # (0.05 for its 257×768 tokens). Without it SoftCLIP alone ranks well but leaves predictions far from the
-    # targets (mean cosine ≈ 0.08 on the demo), which is what a diffusion model is conditioned on.
+    # The reference's 1e4·MSE on unit vectors is 2e4/D·(1 − cos): ≈ 40 for 512-d pooled embeddings, ≈ 156 for the
+    # kit's 128-d ones (0.05 for 257×768 tokens); 40 is the demo's. Without it SoftCLIP alone ranks well but leaves
+    # predictions far from the targets (mean cosine ≈ 0.08 on the demo), which is what a diffusion model is
+    # conditioned on.
     cos_image: float = 40.0
     cos_text: float = 40.0
     text: float = 1.0  # weight of the text losses (SoftCLIP + cosine)

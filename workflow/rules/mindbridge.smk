@@ -66,6 +66,7 @@ rule mindbridge_bridge:
     params:
         config=mb_settings(False),
         responses=mb_responses(MB_SOURCES),
+    priority: 1  # the adaptation runs and galleries wait for it
     log:
         "logs/mindbridge/bridge.log",
     benchmark:
