@@ -123,6 +123,7 @@ def main() -> None:
 def summarise(args: argparse.Namespace, table: pd.DataFrame, adapt: dict, percents: list[float]) -> None:
     """Mean ± SD over seeds of reset − scratch per N, on validation and test, into RESULTS.md."""
     wide = table.pivot_table(index=["seed", "percent"], columns="regime", values=["val_top1", "test_top1"])
+    split = " (one process per seed, merged with --merge)" if args.merge else ""
     lines = [
         "## mindbridge_adapt",
         "",
@@ -133,13 +134,14 @@ def summarise(args: argparse.Namespace, table: pd.DataFrame, adapt: dict, percen
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {len(table)} runs, {table.cpu_s.sum():.0f} CPU-s (1 thread)",
         f"- machine: {machine(f'torch {torch.__version__}')}",
         f"- command: `python bench/mindbridge_adapt.py --seeds {' '.join(map(str, args.seeds))} "
-        f"--adapt '{json.dumps(json.loads(args.adapt))}'`; limited-data settings {json.dumps(adapt)}",
+        f"--adapt '{json.dumps(json.loads(args.adapt))}'`{split}; "
+        f"limited-data settings {json.dumps(adapt)}",
         f"- package code: {code_version(('brainatt/mindbridge/train.py', 'brainatt/mindbridge/model.py'))}",
         "",
-        "| N % (images) | reset val | scratch val | gap val | reset test | scratch test | gap test |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| N % (images) | seeds | reset val | scratch val | gap val | reset test | scratch test | gap test |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for pct in percents:
+    for pct in [p for p in percents if p in set(table.percent)]:
         w = wide.xs(pct, level="percent") * 100
         n = int(table.loc[table.percent == pct, "n_images"].iloc[0])
         cells = []
@@ -147,7 +149,7 @@ def summarise(args: argparse.Namespace, table: pd.DataFrame, adapt: dict, percen
             r, s = w[(split, "reset")], w[(split, "scratch")]
             gap = r - s
             cells += [f"{r.mean():.1f}", f"{s.mean():.1f}", f"{gap.mean():+.1f} ± {gap.std(ddof=1):.1f}"]
-        lines.append(f"| {pct:g} ({n}) | " + " | ".join(cells) + " |")
+        lines.append(f"| {pct:g} ({n}) | {len(w)} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     report(args, "## mindbridge_adapt", text)
 

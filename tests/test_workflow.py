@@ -47,6 +47,16 @@ TINY_CONFIG = {
         "factorized": {"epochs": 2},
         "ridge": {"folds": 3, "pca": 8, "n_alphas": 5},
     },
+    # MindBridge is in the default target: one limited-data share, tiny models, 2 reconstructions of 2 steps.
+    "mindbridge": {
+        "percent": [50],
+        "finetune": False,
+        "gallery_images": 2,
+        "recon": {"steps": 2},
+        "model": {"pool": 16, "hidden": 16, "blocks": 1, "adapter": 4},
+        "train": {"epochs": 1},
+        "adapt": {"epochs": 1, "steps": 2},
+    },
     # 32-px images: the shipped (64-px) kit does not match, so the DAG must retrain a (tiny) kit.
     "kit": {
         "n_images": 200,
@@ -133,6 +143,9 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path: Path) -> None:
     for subject in ("subj01", "subj02"):
         for figure in ("encoding_brain_maps.png", "encoding_voxel_scatter.png", "encoding_attention.png"):
             assert (tmp_path / f"results/figures/{subject}/{figure}").stat().st_size > 1000
+    decoding = pd.read_csv(tmp_path / "results/tables/mindbridge.tsv", sep="\t")
+    assert {"single", "bridge", "reset", "scratch"} == set(decoding.regime)
+    assert len(pd.read_csv(tmp_path / "results/tables/mindbridge_recon.tsv", sep="\t")) == 2  # subj01, subj02
     table = pd.read_csv(tmp_path / "results/tables/prep.tsv", sep="\t")
     assert list(table.subject) == ["subj01", "subj02"]
     assert table.n_sessions.tolist() == [3, 2]  # subj02 completed 75% of the sessions
