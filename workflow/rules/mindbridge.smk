@@ -173,13 +173,8 @@ rule mindbridge_recon:
         dataset=dataset_input,
         kit=kit_input,
     output:
-        report(
-            directory("results/galleries/mindbridge/{run}/{subject}"),
-            htmlindex="index.html",
-            caption="../report/mindbridge_gallery.rst",
-            category="MindBridge",
-            subcategory="{run}",
-        ),
+        # not a report item: Snakemake's single-file HTML report (make demo's) cannot hold a folder
+        directory("results/galleries/mindbridge/{run}/{subject}"),
     params:
         clip=json.dumps(config["models"]["clip"], sort_keys=True),
         kit=KIT_DIR,
