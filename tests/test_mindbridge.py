@@ -18,6 +18,8 @@ from brainatt.mindbridge.evaluate import evaluate_subject, predict
 from brainatt.mindbridge.model import MindBridge, MindBridgeConfig, soft_clip_loss
 from brainatt.mindbridge.summary import write_summary
 from brainatt.mindbridge.train import TrainConfig, train_regime
+from brainatt.models.loading import load_backbone, load_clip
+from brainatt.models.spec import ModelSpec
 
 TINY = MindBridgeConfig(pool=24, hidden=32, blocks=1, adapter=8, dropout_embedder=0.1, dropout_translator=0.0)
 
@@ -156,3 +158,39 @@ def test_image_metrics_are_one_on_identical_images() -> None:
 def test_summary_names_a_missing_run(tmp_path: Path) -> None:
     with pytest.raises(BrainattError, match="rerun the mindbridge regime rule"):
         write_summary([tmp_path / "bridge"], tmp_path / "t.tsv", tmp_path / "f.png")
+
+
+def test_an_interrupted_run_resumes_to_the_same_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, targets = tiny_world({"a": 30, "b": 41}, n_train=40, n_test=10)  # 120 trials: 8 steps of 16 per epoch
+    cfg = TrainConfig(epochs=3, batch=16, checkpoint_every=1)
+    whole, history = train_regime("bridge", data, targets, TINY, cfg)
+    checkpoint = tmp_path / "bridge.ckpt"
+    steps = 0
+    losses = MindBridge.losses
+
+    def crash_in_epoch_two(self: MindBridge, *args: object) -> dict[str, torch.Tensor]:
+        nonlocal steps
+        steps += 1
+        if steps > 11:
+            raise KeyboardInterrupt
+        return losses(self, *args)
+
+    monkeypatch.setattr(MindBridge, "losses", crash_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_regime("bridge", data, targets, TINY, cfg, checkpoint=checkpoint)
+    monkeypatch.setattr(MindBridge, "losses", losses)
+    assert checkpoint.exists()
+    resumed, resumed_history = train_regime("bridge", data, targets, TINY, cfg, checkpoint=checkpoint)
+    assert resumed_history == history
+    for key, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_the_backbone_pooled_embedding_is_the_clip_image_embedding() -> None:
+    """Why the image targets may come from the encoders' backbone feature file when both roles are one CLIP model."""
+    clip_spec = {"name": "kit:clip", "source": "open_clip"}
+    backbone = load_backbone(ModelSpec.from_config("backbone", {**clip_spec, "layers": [-3, -1]}))
+    clip = load_clip(ModelSpec.from_config("clip", clip_spec))
+    images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(backbone(images)["pooled"], clip.encode_image(images))

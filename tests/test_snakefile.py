@@ -88,6 +88,16 @@ def test_clip_features_are_built_for_the_configured_clip_only() -> None:
     assert wrong.returncode != 0 and "results/features/clip/kit-clip.h5" in wrong.stdout + wrong.stderr
 
 
+def test_mindbridge_is_in_the_default_target_on_the_encoders_clip_features(tmp_path: Path) -> None:
+    output = _demo_dry_run()
+    assert {"mindbridge_bridge", "mindbridge_adapt", "mindbridge_recon_table"} <= _planned_rules(output)
+    # the backbone role is the same CLIP model: its feature file's pooled embeddings are the image targets
+    assert "--image-features results/features/backbone/kit-clip.h5" in output
+    assert "--image-features results/features/clip/" not in output  # no second pass of the same model
+    off = _demo_dry_run(override={"mindbridge": {"in_all": False}}, tmp=tmp_path)
+    assert "mindbridge_bridge" not in _planned_rules(off)
+
+
 def test_scuba_is_in_the_default_target_for_its_subjects_and_buildable_by_name(tmp_path: Path) -> None:
     output = _demo_dry_run()
     for command in ("brainatt synth-candidates", "scuba-candidates --source synth", "brainatt scuba ", "scuba-summary"):

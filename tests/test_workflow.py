@@ -54,6 +54,16 @@ TINY_CONFIG = {
         "factorized": {"epochs": 2},
         "ridge": {"folds": 3, "pca": 8, "n_alphas": 5},
     },
+    # MindBridge is in the default target: one limited-data share, tiny models, 2 reconstructions of 2 steps.
+    "mindbridge": {
+        "percent": [50],
+        "finetune": False,
+        "gallery_images": 2,
+        "recon": {"steps": 2},
+        "model": {"pool": 16, "hidden": 16, "blocks": 1, "adapter": 4},
+        "train": {"epochs": 1},
+        "adapt": {"epochs": 1, "steps": 2},
+    },
     # 32-px images: the shipped (64-px) kit does not match, so the DAG must retrain a (tiny) kit.
     "kit": {
         "n_images": 200,
@@ -147,6 +157,9 @@ def test_tiny_pipeline_runs_end_to_end(tiny_run: Path) -> None:
     for subject in ("subj01", "subj02"):
         for figure in ("encoding_brain_maps.png", "encoding_voxel_scatter.png", "encoding_attention.png"):
             assert (tiny_run / f"results/figures/{subject}/{figure}").stat().st_size > 1000
+    decoding = pd.read_csv(tiny_run / "results/tables/mindbridge.tsv", sep="\t")
+    assert {"single", "bridge", "reset", "scratch"} == set(decoding.regime)
+    assert len(pd.read_csv(tiny_run / "results/tables/mindbridge_recon.tsv", sep="\t")) == 2  # subj01, subj02
     table = pd.read_csv(tiny_run / "results/tables/prep.tsv", sep="\t")
     assert list(table.subject) == ["subj01", "subj02"]
     assert table.n_sessions.tolist() == [3, 2]  # subj02 completed 75% of the sessions
@@ -184,7 +197,7 @@ def test_report_holds_every_figure_and_table_and_opens_in_a_browser(tiny_run: Pa
         assert row["loads"] is not False and not row["broken"], path
     categories = {tuple(row["category"]) for row in rows}
     assert {("Encoding", "subj01"), ("Encoding", "subj02"), ("Encoding", "All subjects")} <= categories
-    assert {c for c, _ in categories} == {"Preprocessing", "Models", "Encoding"}
+    assert {c for c, _ in categories} == {"Preprocessing", "Models", "Encoding", "MindBridge"}
     assert by_path["results/figures/subj02/encoding_attention.png"]["category"] == ["Encoding", "subj02"]
     assert "subj02" in by_path["results/figures/subj02/encoding_attention.png"]["caption"]  # its own subject named
 

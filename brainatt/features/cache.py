@@ -83,25 +83,31 @@ def extract_text_features(
 ) -> Path:
     """CLIP text embeddings of every image's captions (the mean of its captions' raw embeddings) → ``pooled``.
 
+    Each distinct caption is embedded once (nsd-synth's templated captions repeat across images).
+
     Written as a feature file of the ``clip`` role's model (``stimuli`` must hold captions).
     """
     device = device or default_device()
     source = Stimuli(stimuli)
     captions = source.captions(source.nsd_ids)
     clip = load_clip(spec, device=device, kit_dir=kit_dir)
-    flat = [(i, c) for i, caps in enumerate(captions) for c in caps]
-    if len({i for i, _ in flat}) != len(source):
+    if any(not caps for caps in captions):
         raise BrainattError(f"{source.path}: some images have no caption: rerun the stimuli rule with captions")
+    unique = sorted({c for caps in captions for c in caps})  # templated captions repeat: embed each text once
     t0 = time.time()
-    sums: torch.Tensor | None = None
-    for start in tqdm(range(0, len(flat), batch), desc="text features", mininterval=5):
-        rows = flat[start : start + batch]
-        emb = clip.encode_text([c for _, c in rows]).float().cpu()
-        sums = torch.zeros(len(source), emb.shape[1]) if sums is None else sums
-        sums.index_add_(0, torch.tensor([i for i, _ in rows]), emb)
+    starts = tqdm(range(0, len(unique), batch), desc="text features", mininterval=5)
+    emb = torch.cat([clip.encode_text(unique[i : i + batch]).float().cpu() for i in starts])
+    row = {c: i for i, c in enumerate(unique)}
+    sums = torch.stack([emb[[row[c] for c in caps]].sum(0) for caps in captions])
     counts = torch.tensor([len(c) for c in captions], dtype=torch.float32)[:, None]
     config = {"text": spec.__dict__}
     with features_writer(out, config, source.nsd_ids, spec, None, weights_fingerprint(clip.model), kit_dir) as w:
         w.write(0, {"pooled": (sums / counts).numpy()})
-    log.info("cached text features of %d images in %.1f s → %s", len(source), time.time() - t0, out)
+    log.info(
+        "cached text features of %d images (%d distinct captions) in %.1f s → %s",
+        len(source),
+        len(unique),
+        time.time() - t0,
+        out,
+    )
     return Path(out)

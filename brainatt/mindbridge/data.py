@@ -1,7 +1,8 @@
 """What MindBridge trains on: per-subject single trials (train) and repeat averages (test), and CLIP targets.
 
-Targets are the CLIP image embeddings of the stimuli (the ``clip`` role's feature file: pooled, or its token grid
-when the file has one) and the CLIP text embeddings of their captions (`features.cache.extract_text_features`).
+Targets are the CLIP image embeddings of the stimuli (the ``pooled`` embedding of a feature file of the CLIP model:
+the ``clip`` role's, or the ``backbone`` role's when both roles are the same model; with ``tokens``, the file's last
+cached token grid instead) and the CLIP text embeddings of their captions (`features.cache.extract_text_features`).
 """
 
 from __future__ import annotations
@@ -83,17 +84,29 @@ class Targets:
         return np.array([index[int(k)] for k in nsd_ids], dtype=np.int64)
 
 
-def _embeddings(cache: FeatureCache, nsd_ids: np.ndarray) -> np.ndarray:
-    """(N, T, D): the token grid flattened to tokens when the file has one, else the pooled embedding as 1 token."""
-    if cache.layers:
-        tokens = cache.tokens(cache.layers[-1], nsd_ids).astype(np.float32)
-        return tokens.reshape(len(nsd_ids), -1, tokens.shape[-1])
+def _embeddings(cache: FeatureCache, nsd_ids: np.ndarray, tokens: bool) -> np.ndarray:
+    """(N, T, D): the last cached token grid flattened to tokens, or the pooled embedding as 1 token."""
+    if tokens:
+        if not cache.layers:
+            raise BrainattError(f"{cache.path}: no token grid for mindbridge.image_tokens: use a backbone feature file")
+        grid = cache.tokens(cache.layers[-1], nsd_ids).astype(np.float32)
+        return grid.reshape(len(nsd_ids), -1, grid.shape[-1])
     return cache.pooled(nsd_ids).astype(np.float32)[:, None]
 
 
-def load_targets(image_features: str | Path, text_features: str | Path, nsd_ids: np.ndarray) -> Targets:
-    """CLIP image and text targets of ``nsd_ids`` from their feature files."""
+def load_targets(
+    image_features: str | Path, text_features: str | Path, nsd_ids: np.ndarray, tokens: bool = False
+) -> Targets:
+    """CLIP image (pooled, or with ``tokens`` the token grid) and text targets of ``nsd_ids`` from their files.
+
+    Both files must come from the same CLIP model (their recorded model names, or kit folders' names, and tags).
+    """
     nsd_ids = np.unique(np.asarray(nsd_ids, np.int64))
-    image = _embeddings(FeatureCache(image_features), nsd_ids)
-    text = _embeddings(FeatureCache(text_features), nsd_ids)
-    return Targets(nsd_ids, image, text)
+    image_cache, text_cache = FeatureCache(image_features), FeatureCache(text_features)
+    models = [(Path(c.spec.name).name, c.spec.pretrained) for c in (image_cache, text_cache)]
+    if models[0] != models[1]:
+        raise BrainattError(
+            f"{image_features}: image features of {models[0]}, text features ({text_features}) of {models[1]}: "
+            "MindBridge's targets need one CLIP model; rerun the mindbridge rules"
+        )
+    return Targets(nsd_ids, _embeddings(image_cache, nsd_ids, tokens), _embeddings(text_cache, nsd_ids, False))

@@ -38,9 +38,10 @@ class MindBridgeConfig:
     dropout_embedder: float = 0.5
     dropout_translator: float = 0.15
     temperature: float = 0.005
-    # The reference's 1e4·MSE on unit vectors is 2e4/D·(1 − cos): ≈ 40 for the kit's 512-d pooled embeddings
-    # (0.05 for its 257×768 tokens). Without it SoftCLIP alone ranks well but leaves predictions far from the
-    # targets (mean cosine ≈ 0.08 on the demo), which is what a diffusion model is conditioned on.
+    # The reference's 1e4·MSE on unit vectors is 2e4/D·(1 − cos): ≈ 40 for 512-d pooled embeddings, ≈ 156 for the
+    # kit's 128-d ones (0.05 for 257×768 tokens); 40 is the demo's. Without it SoftCLIP alone ranks well but leaves
+    # predictions far from the targets (mean cosine ≈ 0.08 on the demo), which is what a diffusion model is
+    # conditioned on.
     cos_image: float = 40.0
     cos_text: float = 40.0
     text: float = 1.0  # weight of the text losses (SoftCLIP + cosine)
@@ -200,7 +201,8 @@ class MindBridge(nn.Module):
         batch's subjects among them is drawn per step.
         """
         cfg = self.cfg
-        z = {s: self.embed(s, x) for s, x in batch.items()}
+        pooled = {s: self.aggregate[s](x) for s, x in batch.items()}  # aggregated once: input and rec target
+        z = {s: self.embedders[s](f) for s, f in pooled.items()}
         pred_img, pred_txt = self.decode(torch.cat(list(z.values())))
         out = {
             "softclip_image": soft_clip_loss(pred_img, image, cfg.temperature),
@@ -210,9 +212,7 @@ class MindBridge(nn.Module):
         }
         zero = pred_img.new_zeros(())
         out["rec"] = (
-            torch.stack([F.mse_loss(self.builders[s](z[s]), self.aggregate[s](batch[s])) for s in batch]).mean()
-            if cfg.rec
-            else zero
+            torch.stack([F.mse_loss(self.builders[s](z[s]), pooled[s]) for s in batch]).mean() if cfg.rec else zero
         )
         pairs = [(a, b) for a in batch for b in batch if a != b]
         if cycle_pairs is not None:

@@ -57,7 +57,7 @@ def run_regime(
             n_images = max(1, round(percent / 100 * len(data[limited].train_images())))
             data[limited] = data[limited].limit(n_images)
     ids = np.concatenate([np.concatenate([d.trial_ids, d.test_ids]) for d in data.values()])
-    targets = load_targets(image_features, text_features, ids)
+    targets = load_targets(image_features, text_features, ids, bool(config.get("image_tokens", False)))
     start = load_model(init) if init else None
     checkpoint = out.parent / f"{out.name}.ckpt"
     device = default_device()

@@ -94,7 +94,7 @@ def fit(
     steps = max(math.ceil(len(data[s].trials) / cfg.batch) for s in subjects)
     if cfg.steps:
         steps = math.ceil(cfg.steps / cfg.epochs)
-    opt = torch.optim.AdamW(_param_groups(model, trainable, cfg.weight_decay), lr=cfg.lr)
+    opt = torch.optim.AdamW(_param_groups(model, trainable, cfg.weight_decay), lr=cfg.lr, fused=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=cfg.pct_start, final_div_factor=100
     )

@@ -110,5 +110,9 @@ def all_outputs():
         *(["results/tables/kit_quality.tsv"] if SYNTH else []),
         "results/tables/encoding.tsv",
         *expand("results/figures/{subject}/{figure}", subject=SUBJECTS, figure=SUBJECT_FIGURES),
-        *(["results/tables/mindbridge.tsv"] if config.get("mindbridge", {}).get("in_all") else []),
+        *(
+            ["results/tables/mindbridge.tsv", "results/tables/mindbridge_recon.tsv"]
+            if config.get("mindbridge", {}).get("in_all", True)
+            else []
+        ),
     ]

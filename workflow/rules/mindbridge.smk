@@ -33,7 +33,7 @@ rule mindbridge_text:
 rule mindbridge_single:
     input:
         responses="results/prep/{subject}/responses.h5",
-        image=FEATURES["clip"],
+        image=MB_IMAGE,
         text=MB_TEXT,
     output:
         directory("results/mindbridge/single/{subject}"),
@@ -59,13 +59,14 @@ rule mindbridge_single:
 rule mindbridge_bridge:
     input:
         responses=expand("results/prep/{subject}/responses.h5", subject=MB_SOURCES),
-        image=FEATURES["clip"],
+        image=MB_IMAGE,
         text=MB_TEXT,
     output:
         directory("results/mindbridge/bridge"),
     params:
         config=mb_settings(False),
         responses=mb_responses(MB_SOURCES),
+    priority: 1  # the adaptation runs and galleries wait for it
     log:
         "logs/mindbridge/bridge.log",
     benchmark:
@@ -86,7 +87,7 @@ rule mindbridge_bridge:
 rule mindbridge_adapt:
     input:
         responses=expand("results/prep/{subject}/responses.h5", subject=SUBJECTS),
-        image=FEATURES["clip"],
+        image=MB_IMAGE,
         text=MB_TEXT,
         bridge="results/mindbridge/bridge",
     output:
@@ -118,7 +119,7 @@ rule mindbridge_adapt:
 rule mindbridge_scratch:
     input:
         responses="results/prep/{target}/responses.h5",
-        image=FEATURES["clip"],
+        image=MB_IMAGE,
         text=MB_TEXT,
     output:
         directory("results/mindbridge/scratch/{target}/p{pct}"),

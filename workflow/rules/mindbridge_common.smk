@@ -8,10 +8,21 @@ MB_ADAPT = ["reset", "scratch", *(["finetune"] if MB.get("finetune", True) else 
 MB_TEXT = f"results/features/clip_text/{slug(config['models']['clip']['name'])}.h5"
 
 
+def mb_same_model(a, b):
+    keys = ("name", "source", "pretrained", "extra")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+# Image targets: the CLIP model's pooled image embeddings. When the backbone role is the same model, its feature
+# file (which the encoders already need) holds them, and the clip role's file is not computed a second time.
+MB_IMAGE = FEATURES["backbone"] if mb_same_model(config["models"]["clip"], config["models"]["backbone"]) else FEATURES["clip"]
+
+
 def mb_settings(limited):
     """The model and train sections for the command; limited-data runs take `adapt` over `train`."""
     train = {**MB.get("train", {}), **(MB.get("adapt", {}) if limited else {})}
-    return json.dumps({"model": MB.get("model", {}), "train": train}, sort_keys=True)
+    settings = {"model": MB.get("model", {}), "train": train, "image_tokens": MB.get("image_tokens", False)}
+    return json.dumps(settings, sort_keys=True)
 
 
 def mb_responses(subjects):
