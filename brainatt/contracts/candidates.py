@@ -23,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from brainatt.io import BrainattError, atomic_h5
+from brainatt.io import BrainattError, atomic_h5, open_h5
 
 log = logging.getLogger(__name__)
 UNITS = "embeddings: raw CLIP image embeddings"
@@ -131,19 +131,12 @@ class Candidates:
                 yield start, e
 
 
-def _open_user_file(path: str | Path, dataset: str, what: str) -> h5py.File:
-    path = Path(path)
-    if not path.exists():
-        raise BrainattError(f"{path}: {what} missing: fix scuba.candidates.path")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise BrainattError(f"{path}: not a readable HDF5 file ({e}): fix scuba.candidates.path") from None
-    if dataset not in f:
-        names = sorted(f)
-        f.close()
-        raise BrainattError(f"{path}: no dataset '{dataset}' (has {names}): set scuba.candidates.dataset")
-    return f
+@contextlib.contextmanager
+def _open_user_file(path: str | Path, dataset: str, what: str) -> Iterator[h5py.File]:
+    with open_h5(path, what, "fix scuba.candidates.path") as f:
+        if dataset not in f:
+            raise BrainattError(f"{path}: no dataset '{dataset}' (has {sorted(f)}): set scuba.candidates.dataset")
+        yield f
 
 
 def image_file_batches(path: str | Path, dataset: str, size: int) -> Iterator[tuple[int, np.ndarray]]:
