@@ -443,9 +443,9 @@ import sys, time
 import brainatt.prep.responses as responses
 from brainatt.cli import main
 read = responses.read_session
-def slow(path, mask):
+def slow(*args, **kwargs):
     time.sleep(0.25)  # sessions take long enough to be interrupted mid-work
-    return read(path, mask)
+    return read(*args, **kwargs)
 responses.read_session = slow
 sys.exit(main(sys.argv[1:]))
 """
