@@ -217,6 +217,7 @@ def test_tiny_algonauts_pipeline_runs_end_to_end(tmp_path: Path) -> None:
         },
         "models": TINY_CONFIG["models"],
         "encoding": {**TINY_CONFIG["encoding"], "transformer": {"epochs": 2, "heads": 2, "ff": 32}},
+        "mindbridge": {"in_all": False},  # as config/algonauts.yaml: no single trials, no captions
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     run = _snakemake(tmp_path)
