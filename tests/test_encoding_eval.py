@@ -142,7 +142,7 @@ def _routing_world(
     (gt / "scenes.json").write_text(json.dumps(listed))
     (gt / "world.json").write_text(json.dumps({"spec": SPEC.as_dict()}))
     kinds = ["face", "face:mixed", "V1v", "V1v"]
-    params = sample_voxel_params(np.array([2, 2, 1, 1]), kinds, np.random.default_rng(0))
+    params = sample_voxel_params(np.array([2, 2, 1, 1]), kinds, np.full((4, 3), -20.0), np.random.default_rng(0))
     params.prf_x, params.prf_y = np.array([0.5, 0.5, 0.6, 0.9]), np.array([0.5, 0.5, 0.1, 0.1])
     with h5py.File(gt / "subj01.h5", "w") as f:
         f["kind"] = np.array(kinds, dtype="S")

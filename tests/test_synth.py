@@ -7,12 +7,15 @@ import json
 from pathlib import Path
 
 import h5py
+import nibabel as nib
 import numpy as np
 import torch
 
 from brainatt.images import images_to_tensor
+from brainatt.nsd.layout import NSDLayout
 from brainatt.synth.anatomy import ATLASES, make_anatomy
-from brainatt.synth.brain import N_ENERGY, VisualSystem
+from brainatt.synth.atlases import agreement
+from brainatt.synth.brain import N_ENERGY, VisualSystem, sample_voxel_params
 from brainatt.synth.detector import detector_iou, load_detector
 from brainatt.synth.scenes import CATEGORIES, CATEGORY_WORDS, caption, render, render_many, sample_scene
 from brainatt.synth.world import load_brain, world_fingerprint
@@ -58,6 +61,66 @@ def test_anatomy_is_posterior_cortex_with_disjoint_rois() -> None:
     assert (words[:, 0] < 0).all()  # word areas are left-lateralised
 
 
+def test_retinotopy_is_contralateral_with_gradients_in_anatomy() -> None:
+    a = make_anatomy(np.random.default_rng(0), 4.0, 1.0)
+    ijk = np.argwhere(a.nsdgeneral)
+    kind = a.kind[tuple(ijk.T)].astype(str)
+    family = np.array([0 if k == "" else (1 if k[0] in "Vh" else 2) for k in kind])
+    xyz = a.mni(ijk)
+    p = sample_voxel_params(family, list(kind), xyz, np.random.default_rng(1))
+    ecc = np.hypot(p.prf_x - 0.5, p.prf_y - 0.5)
+    size = {}
+    for area in ("V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4"):
+        for left in (True, False):
+            m = (kind == area) & ((xyz[:, 0] < 0) == left)
+            assert m.sum() >= 10, (area, left)
+            x, y = p.prf_x[m], p.prf_y[m]
+            assert ((x > 0.5) == left).all(), (area, left)  # contralateral: left hemisphere, right half of the image
+            if area != "hV4":
+                assert ((y < 0.5) == area.endswith("v")).all(), (area, left)  # ventral: upper quarter (row 0 at top)
+            else:
+                assert (y < 0.5).mean() > 0.25 and (y > 0.5).mean() > 0.25  # the whole hemifield
+            # foveal at the occipital pole (most posterior MNI y), peripheral anteriorly
+            assert np.corrcoef(ecc[m], xyz[m, 1])[0, 1] > 0.6, (area, left)
+            assert np.corrcoef(ecc[m], p.prf_sigma[m])[0, 1] > 0.5, (area, left)  # pRF size grows with eccentricity
+            size[area[:2]] = size.get(area[:2], []) + list(p.prf_sigma[m] / (1 + 1.5 * ecc[m]))
+    medians = [np.median(size[a]) for a in ("V1", "V2", "V3", "hV")]
+    assert np.all(np.diff(medians) > 0), medians  # and up the hierarchy at equal eccentricity
+
+
+def test_atlases_are_estimated_not_the_generating_rois(tiny_world: Path) -> None:
+    layout = NSDLayout(tiny_world)
+    world = json.loads((tiny_world / "ground_truth/world.json").read_text())
+    for subject in ("subj01", "subj02"):
+        with h5py.File(tiny_world / f"ground_truth/{subject}.h5") as gt:
+            ijk, kind = gt["ijk"][()], gt["kind"][()].astype(str)
+        atlases = {name: np.asarray(nib.load(layout.roi(subject, name)).dataobj) for name in ATLASES}
+        stats = agreement(atlases, ijk, kind)
+        assert stats == world["atlas_agreement"][subject]
+        assert 0.05 <= stats["label_differs_fraction"] <= 0.35, stats
+        assert stats["misses"] > 0 and stats["false_positives"] > 0 and stats["overlaps"] > 0, stats
+        retino = atlases["prf-visualrois"][tuple(ijk.T)]
+        names = dict(enumerate(["", "V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4"]))
+        labelled = np.array([names[int(c)] for c in retino])
+        truly = np.char.startswith(kind, "V") | (kind == "hV4")
+        assert (labelled[truly] == kind[truly]).mean() > 0.6  # most retinotopic voxels keep their area
+
+
+def test_ncsnr_file_is_estimated_from_the_betas(tiny_world: Path) -> None:
+    layout = NSDLayout(tiny_world)
+    for subject in ("subj01", "subj02"):
+        with h5py.File(tiny_world / f"ground_truth/{subject}.h5") as gt:
+            ijk, truth = gt["ijk"][()], gt["ncsnr"][()]
+        vol = np.asarray(nib.load(layout.ncsnr(subject)).dataobj)
+        estimate = vol[tuple(ijk.T)]
+        assert not np.allclose(estimate, truth, rtol=0.05)
+        assert np.corrcoef(estimate, truth)[0, 1] > 0.7
+        brain = np.asarray(nib.load(layout.brainmask(subject)).dataobj) > 0
+        outside = brain.copy()
+        outside[tuple(ijk.T)] = False
+        assert np.median(vol[outside]) < 0.1 and (vol[~brain] == 0).all()  # noise-only voxels are estimated ≈ 0
+
+
 def _kind_mask(gt: h5py.File, prefix: str) -> np.ndarray:
     return np.char.startswith(gt["kind"][()].astype(str), prefix)
 
@@ -74,7 +137,7 @@ def test_brain_is_category_selective_and_retinotopic(tiny_world: Path) -> None:
             roi = _kind_mask(gt, cat)
             has = np.array([cat in s.categories() for s in scenes])
             assert resp[has][:, roi].mean() > resp[~has][:, roi].mean() + 0.5, cat
-        # Retinotopic voxels prefer a patch of texture inside their pRF to the same patch mirrored far away.
+        # Retinotopic voxels prefer a patch of texture inside their pRF to the same patch in the opposite corner.
         v1 = np.flatnonzero(_kind_mask(gt, "V1"))[:40]
         xs, ys = gt["params/prf_x"][()][v1], gt["params/prf_y"][()][v1]
     checker = (np.indices((6, 6)).sum(0) % 2 * 255).astype(np.uint8)[..., None]
@@ -85,10 +148,13 @@ def test_brain_is_category_selective_and_retinotopic(tiny_world: Path) -> None:
         img[i : i + 6, j : j + 6] = checker
         return img
 
+    def far(t: float) -> float:
+        return 0.1 if t > 0.5 else 0.9
+
     with torch.no_grad():
         inside = brain(images_to_tensor(np.stack([patch_at(x, y) for x, y in zip(xs, ys, strict=True)]))).numpy()
         outside = brain(
-            images_to_tensor(np.stack([patch_at(1 - x, 1 - y) for x, y in zip(xs, ys, strict=True)]))
+            images_to_tensor(np.stack([patch_at(far(x), far(y)) for x, y in zip(xs, ys, strict=True)]))
         ).numpy()
     gain = inside[np.arange(len(v1)), v1] - outside[np.arange(len(v1)), v1]
     assert np.mean(gain > 0) >= 0.9 and np.median(gain) > 0.3, gain

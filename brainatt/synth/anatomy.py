@@ -3,7 +3,8 @@
 Each subject gets a coarse MNI-aligned grid cropped to a posterior slab (its own crop, so volume shapes differ
 between subjects like NSD's native spaces), a brain mask, and NSD-style ROI atlases: spheres around literature
 seed coordinates, jittered and scaled per subject and intersected with grey matter, assigned to the nearest seed
-(in units of its radius) so ROIs do not overlap.
+(in units of its radius) so ROIs do not overlap. These generating ROIs are the truth (each voxel's ``kind``); the
+atlases a user reads are estimated from simulated pRF and localizer experiments (`brainatt.synth.atlases`).
 """
 
 from __future__ import annotations
@@ -45,19 +46,35 @@ ATLASES: dict[str, list[tuple[int, str, str, tuple[float, float, float], float, 
 RETINOTOPIC_ATLAS = "prf-visualrois"
 
 
+@dataclass(frozen=True)
+class Seed:
+    """One generating ROI sphere in one hemisphere: its atlas, code, kind, MNI centre (mm) and radius (mm)."""
+
+    atlas: str
+    code: int
+    kind: str
+    center: np.ndarray
+    radius: float
+
+
 @dataclass
 class Anatomy:
     affine: np.ndarray  # (4,4) voxel → MNI mm
     brainmask: np.ndarray  # (X,Y,Z) bool
     cortex: np.ndarray  # (X,Y,Z) bool
-    atlases: dict[str, np.ndarray]  # name → (X,Y,Z) int16: −1 outside cortex, 0 unlabelled, k > 0 label
+    atlases: dict[str, np.ndarray]  # generating ROIs: name → (X,Y,Z) int16: −1 outside cortex, 0 none, k > 0 ROI
     labels: dict[str, dict[int, str]]  # name → code → ROI name
     nsdgeneral: np.ndarray  # (X,Y,Z) bool
     kind: np.ndarray  # (X,Y,Z) object: ROI kind of each labelled voxel, '' otherwise
+    seeds: list[Seed]  # the generating spheres, in assignment order
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.brainmask.shape
+
+    def mni(self, ijk: np.ndarray) -> np.ndarray:
+        """MNI coordinates (mm) of voxel indices ``(n, 3)``."""
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
 
 
 @lru_cache(maxsize=4)
@@ -98,11 +115,13 @@ def make_anatomy(rng: np.random.Generator, voxel_mm: float, scale: float) -> Ana
     owner: list[tuple[str, int]] = [("", 0)]
     owner_idx = np.zeros(gm.shape, dtype=np.int32)
     kinds = [""]
+    seeds = []
     for atlas, rois in ATLASES.items():
         for code, _name, kind, seed, radius, left_only in rois:
             for hemi in (-1,) if left_only else (-1, 1):
                 center = np.array([hemi * abs(seed[0]), seed[1], seed[2]]) + rng.normal(0, 2.0, 3)
                 r = radius * scale * rng.uniform(0.85, 1.15)
+                seeds.append(Seed(atlas, code, kind, center, r))
                 d = np.linalg.norm(xyz - center, axis=-1) / r
                 win = cortex & (d < 1) & (d < best)
                 best[win] = d[win]
@@ -132,4 +151,5 @@ def make_anatomy(rng: np.random.Generator, voxel_mm: float, scale: float) -> Ana
         labels=labels,
         nsdgeneral=nsdgeneral,
         kind=kind,
+        seeds=seeds,
     )

@@ -5,7 +5,8 @@ Two shared stages make the world's visual system (`VisualSystem`):
 - *category maps*: the frozen `CategoryDetector`'s probability of each category per grid cell.
 
 Each subject has a `VoxelReadout` with per-voxel generating parameters:
-- retinotopic voxels: a Gaussian pRF over the energy channels, compressive exponent 0.5 (CSS model);
+- retinotopic voxels: a Gaussian pRF over the energy channels, compressive exponent 0.5 (CSS model), placed by a
+  cortical map (contralateral quarter-fields, eccentricity and polar-angle gradients, see `retinotopic_map`);
 - category voxels: log-sum-exp pooling of their category's map under a broad spatial preference, so they respond
   to the category anywhere with a preferred region (position tolerance), plus weak secondary tuning;
 - unlabelled voxels: a weak mix of both.
@@ -154,14 +155,60 @@ class SynthBrain(nn.Module):
         return self.readout(*self.visual(images))
 
 
-def sample_voxel_params(family: np.ndarray, roi_kind: list[str], rng: np.random.Generator) -> VoxelParams:
-    """Draw generating parameters for voxels given their family and ROI kind.
+AREA_SIGMA = {"V1": 0.045, "V2": 0.06, "V3": 0.08, "hV4": 0.12}  # pRF size at the fovea, image fractions
+MAX_ECC = 0.42  # the most peripheral pRF centre, image fractions from the centre
+
+
+def _rank(values: np.ndarray) -> np.ndarray:
+    """Each value's rank as a fraction in (0, 1)."""
+    return (np.argsort(np.argsort(values, kind="stable"), kind="stable") + 0.5) / len(values)
+
+
+def retinotopic_map(
+    kind: np.ndarray, xyz: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """pRF centres ``(x, y)`` (image fractions, row 0 at the top) and eccentricities of retinotopic voxels.
+
+    A voxel maps the visual field contralateral to its hemisphere (MNI x < 0 is the left hemisphere, which sees
+    the right half of the image). V1–V3 ventral map the upper quarter-field, dorsal the lower, hV4 the whole
+    hemifield. Within each area × hemisphere, eccentricity follows the voxel's rank of MNI y (foveal at the
+    occipital pole, peripheral anteriorly) and polar angle its rank of MNI z (the horizontal meridian where the
+    ventral and dorsal banks meet), both with jitter, so the maps are smooth in anatomy without being exact.
+    """
+    n = len(kind)
+    x, y, ecc = np.empty(n), np.empty(n), np.empty(n)
+    side = np.where(xyz[:, 0] < 0, 1.0, -1.0)  # +1: left hemisphere, right half of the image
+    for area in np.unique(kind):
+        for hemi in (1.0, -1.0):
+            idx = np.flatnonzero((kind == area) & (side == hemi))
+            if not len(idx):
+                continue
+            ecc[idx] = MAX_ECC * np.clip(_rank(xyz[idx, 1]) + rng.normal(0, 0.08, len(idx)), 0.03, 1.0)
+            p = np.clip(_rank(xyz[idx, 2]) + rng.normal(0, 0.1, len(idx)), 0.03, 0.97)
+            if area == "hV4":
+                upward = (0.5 - p) * np.pi  # −π/2 (lower vertical meridian) … π/2 (upper), low z upper
+            elif area.endswith("v"):
+                upward = (1 - p) * np.pi / 2  # upper quarter-field, horizontal meridian at the top of the bank
+            else:
+                upward = -p * np.pi / 2  # lower quarter-field, horizontal meridian at the bottom of the bank
+            x[idx] = 0.5 + hemi * ecc[idx] * np.cos(upward)
+            y[idx] = 0.5 - ecc[idx] * np.sin(upward)
+    return x, y, ecc
+
+
+def sample_voxel_params(
+    family: np.ndarray, roi_kind: list[str], xyz: np.ndarray, rng: np.random.Generator
+) -> VoxelParams:
+    """Draw generating parameters for voxels given their family, ROI kind and MNI position ``xyz (V, 3)`` in mm.
 
     ``roi_kind`` per voxel is a retinotopic area ('V1v'…'hV4'), a category ('face', …, with an optional
     ':mixed' suffix for occipital category areas such as OFA/OPA that keep some retinotopy), or ''.
+    Retinotopic voxels follow `retinotopic_map`; their pRF size grows with eccentricity and up the hierarchy.
+    Mixed category voxels prefer the contralateral side a little.
     """
     n = len(family)
     k = len(CATEGORIES)
+    kind = np.asarray(roi_kind, dtype=str)
     prf_x, prf_y = np.empty(n), np.empty(n)
     prf_sigma = np.empty(n)
     energy_w = rng.gamma(1.0, 1.0, size=(n, N_ENERGY))
@@ -170,25 +217,23 @@ def sample_voxel_params(family: np.ndarray, roi_kind: list[str], rng: np.random.
     pref_x = np.clip(0.5 + rng.normal(0, 0.12, n), 0.15, 0.85)
     pref_y = np.clip(0.5 + rng.normal(0, 0.12, n), 0.15, 0.85)
     pref_sigma = rng.uniform(0.25, 0.45, n)
-    area_sigma = {"V1": 0.045, "V2": 0.06, "V3": 0.08, "hV": 0.12}
-    for v in range(n):
-        kind = roi_kind[v]
-        if family[v] == 1:
-            ecc = 0.42 * math.sqrt(rng.uniform(0, 1))
-            ventral = kind.endswith("v") or kind == "hV4"
-            angle = rng.uniform(0, math.pi) * (-1 if ventral else 1)  # ventral areas map the upper field
-            prf_x[v] = 0.5 + ecc * math.cos(angle)
-            prf_y[v] = 0.5 + ecc * math.sin(angle)
-            prf_sigma[v] = area_sigma[kind[:2]] * (1 + 1.5 * ecc)
-            if kind == "hV4":
-                energy_w[v, -2:] *= 4  # colour
-            low_gain[v] = 1.0
-            category_w[v] = 0
-        elif family[v] == 2:
-            cat, _, mixed = kind.partition(":")
+    retino = family == 1
+    if retino.any():
+        rx, ry, ecc = retinotopic_map(kind[retino], xyz[retino], rng)
+        size = np.array([AREA_SIGMA[a if a == "hV4" else a[:2]] for a in kind[retino]])
+        prf_x[retino], prf_y[retino] = rx, ry
+        prf_sigma[retino] = size * (1 + 1.5 * ecc) * np.exp(rng.normal(0, 0.1, len(ecc)))
+        energy_w[retino & (kind == "hV4"), -2:] *= 4  # colour
+        low_gain[retino] = 1.0
+        category_w[retino] = 0
+    contralateral = np.where(xyz[:, 0] < 0, 0.08, -0.08)
+    for v in np.flatnonzero(~retino):
+        if family[v] == 2:
+            cat, _, mixed = kind[v].partition(":")
             category_w[v, CATEGORIES.index(cat)] = rng.uniform(0.8, 1.2)
             category_gain[v] = 1.0
             if mixed:
+                pref_x[v] = np.clip(pref_x[v] + contralateral[v], 0.15, 0.85)
                 pref_sigma[v] = rng.uniform(0.12, 0.2)
                 low_gain[v] = 0.15
             prf_x[v], prf_y[v], prf_sigma[v] = pref_x[v], pref_y[v], pref_sigma[v]

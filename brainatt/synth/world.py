@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when anything that changes the generated world changes (scenes, brain, anatomy, design, noise).
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,11 @@ class Subject:
     readout: VoxelReadout
     ncsnr: np.ndarray  # (V,) true ncsnr of nsdgeneral voxels
     ijk: np.ndarray  # (V,3) nsdgeneral voxels in the project's voxel order
-    kind: np.ndarray  # (V,) ROI kind strings
+    kind: np.ndarray  # (V,) ROI kind strings (the generating ROIs: truth)
     responses: np.ndarray  # (n_images, V) noise-free standardised responses, rows = nsd ids
     n_trials: int
+    atlases: dict[str, np.ndarray]  # the written atlases, estimated (brainatt.synth.atlases)
+    atlas_agreement: dict[str, float]  # how they differ from ``kind`` at the nsdgeneral voxels
 
 
 @dataclass
@@ -155,6 +157,7 @@ def world_scenes(spec: WorldSpec) -> tuple[list[Scene], np.random.Generator]:
 def build_world(spec: WorldSpec) -> World:
     """Draw everything about the world that does not involve measurement noise."""
     from brainatt.synth.anatomy import make_anatomy  # imports nilearn's datasets (~3.5 s); only building needs it
+    from brainatt.synth.atlases import agreement, observed_atlases
 
     torch.manual_seed(spec.seed)
     scenes, rng = world_scenes(spec)
@@ -171,7 +174,7 @@ def build_world(spec: WorldSpec) -> World:
         ijk = mask_voxel_ijk(anatomy.nsdgeneral)
         kind = anatomy.kind[tuple(ijk.T)].astype(str)
         family = np.array([0 if k == "" else (1 if k[0] in "Vh" else 2) for k in kind])
-        params = sample_voxel_params(family, list(kind), sub_rng)
+        params = sample_voxel_params(family, list(kind), anatomy.mni(ijk), sub_rng)
         readout = VoxelReadout(params, grid)
         readout.calibrate(energy, cats)
         with torch.no_grad():
@@ -180,17 +183,23 @@ def build_world(spec: WorldSpec) -> World:
         subject_snr = sub_rng.uniform(0.85, 1.15)
         ncsnr = family_snr * np.exp(sub_rng.normal(0, spec.ncsnr_spread, len(kind)))
         ncsnr *= spec.ncsnr_median * subject_snr / np.median(ncsnr)  # the spec's median, up to subject variation
+        ncsnr = np.clip(ncsnr, 0.08, 2.5)
+        atlases = observed_atlases(anatomy, ijk, kind, params, ncsnr, responses, scenes, sub_rng)
+        stats = agreement(atlases, ijk, kind)
+        log.info("%s atlases vs generating ROIs: %s", name, stats)
         world.subjects.append(
             Subject(
                 name=name,
                 anatomy=anatomy,
                 params=params,
                 readout=readout,
-                ncsnr=np.clip(ncsnr, 0.08, 2.5),
+                ncsnr=ncsnr,
                 ijk=ijk,
                 kind=kind,
                 responses=responses,
                 n_trials=spec.sessions_of(s) * spec.trials_per_session,
+                atlases=atlases,
+                atlas_agreement=stats,
             )
         )
     return world

@@ -16,7 +16,9 @@ import scipy.io
 from tqdm import tqdm
 
 from brainatt.io import atomic_path, stamp, write_json
+from brainatt.metrics import ncsnr_from_repeats
 from brainatt.nsd.layout import BETA_SCALE, NSDLayout
+from brainatt.prep.responses import zscore_session
 from brainatt.synth.scenes import CATEGORIES
 from brainatt.synth.world import (
     GENERATOR_VERSION,
@@ -87,12 +89,13 @@ def _write_stimuli(world: World, layout: NSDLayout) -> None:
     (layout.coco_annotations / "captions_train2017.json").write_text(json.dumps(coco))
 
 
-def _write_anatomy(world: World, layout: NSDLayout, s: int) -> None:
+def _write_anatomy(world: World, layout: NSDLayout, s: int, ncsnr: np.ndarray) -> None:
+    """Brain mask, the subject's estimated atlases (both hemispheres and per hemisphere) and ``ncsnr`` (X,Y,Z)."""
     sub = world.subjects[s]
     a = sub.anatomy
     _save_nii(layout.brainmask(sub.name), a.brainmask.astype(np.int16), a.affine)
     x = (np.indices(a.shape).reshape(3, -1).T @ a.affine[:3, :3].T)[:, 0].reshape(a.shape) + a.affine[0, 3]
-    for atlas, vol in a.atlases.items():
+    for atlas, vol in sub.atlases.items():
         _save_nii(layout.roi(sub.name, atlas), vol, a.affine)
         for hemi, side in (("lh", x < 0), ("rh", x >= 0)):
             _save_nii(layout.roi(sub.name, atlas, hemi), np.where(side, vol, -1).astype(np.int16), a.affine)
@@ -101,19 +104,30 @@ def _write_anatomy(world: World, layout: NSDLayout, s: int) -> None:
             ctab.parent.mkdir(parents=True, exist_ok=True)
             lines = ["0 Unknown"] + [f"{k} {v}" for k, v in sorted(a.labels[atlas].items())]
             ctab.write_text("\n".join(lines) + "\n")
-    ncsnr = np.zeros(a.shape, np.float32)
-    ncsnr[tuple(sub.ijk.T)] = sub.ncsnr
     _save_nii(layout.ncsnr(sub.name), ncsnr, a.affine)
 
 
-def _write_betas(world: World, layout: NSDLayout, s: int) -> None:
+def _write_betas(world: World, layout: NSDLayout, s: int) -> np.ndarray:
+    """Write the subject's sessions; return ncsnr ``(X,Y,Z) float32`` estimated from the written betas as NSD does
+    (z-score each voxel per session, then the across-repeat variance), for every brain voxel (0 outside)."""
     sub = world.subjects[s]
     spec = world.spec
     out = layout.betas_dir(sub.name)
     out.mkdir(parents=True, exist_ok=True)
+    brain = sub.anatomy.brainmask
+    row_of = np.full(spec.n_images, -1)
+    row_of[world.design.subjectim[s]] = np.arange(world.design.subjectim.shape[1])
+    sums = np.zeros((world.design.subjectim.shape[1], int(brain.sum())), np.float32)
+    sumsq = np.zeros_like(sums)
+    counts = np.zeros(len(sums), int)
     for session in tqdm(range(1, sub.n_trials // spec.trials_per_session + 1), desc=f"{sub.name} sessions"):
-        vol, _ = simulate_session(world, s, session, np.random.default_rng([spec.seed, s, session]))
+        vol, nsd_ids = simulate_session(world, s, session, np.random.default_rng([spec.seed, s, session]))
         data = np.clip(np.rint(vol * BETA_SCALE), -32768, 32767).astype(np.int16)
+        z = zscore_session(data[:, brain].astype(np.float32) / BETA_SCALE)
+        for t, r in enumerate(row_of[nsd_ids]):
+            sums[r] += z[t]
+            sumsq[r] += z[t] ** 2
+            counts[r] += 1
         if spec.betas_format == "hdf5":
             with h5py.File(out / f"betas_session{session:02d}.hdf5", "w") as f:
                 zyx = data.transpose(0, 3, 2, 1)  # (trials, X,Y,Z) → h5py/MATLAB order (trials, Z,Y,X)
@@ -126,9 +140,12 @@ def _write_betas(world: World, layout: NSDLayout, s: int) -> None:
                 )
         else:
             _save_nii(out / f"betas_session{session:02d}.nii.gz", data.transpose(1, 2, 3, 0), sub.anatomy.affine)
+    ncsnr = np.zeros(brain.shape, np.float32)
+    ncsnr[brain] = ncsnr_from_repeats(sums, sumsq, counts)
+    return ncsnr
 
 
-def _write_ground_truth(world: World, gt: Path) -> None:
+def _write_ground_truth(world: World, gt: Path, ncsnr_r: list[float]) -> None:
     spec = world.spec
     write_json(
         gt / "world.json",
@@ -138,6 +155,8 @@ def _write_ground_truth(world: World, gt: Path) -> None:
             "spec": spec.as_dict(),
             "categories": list(CATEGORIES),
             "grid": spec.image_size // 4,
+            "atlas_agreement": {sub.name: sub.atlas_agreement for sub in world.subjects},
+            "ncsnr_file_vs_truth_r": {sub.name: r for sub, r in zip(world.subjects, ncsnr_r, strict=True)},
         },
     )
     scenes = [
@@ -173,9 +192,12 @@ def write_world(spec: WorldSpec, root: str | Path) -> Path:
         layout = NSDLayout(tmp, space=spec.space)
         _write_design(world, layout)
         _write_stimuli(world, layout)
-        for s in range(spec.n_subjects):
-            _write_anatomy(world, layout, s)
-            _write_betas(world, layout, s)
-        _write_ground_truth(world, tmp / "ground_truth")
+        ncsnr_r = []
+        for s, sub in enumerate(world.subjects):
+            ncsnr = _write_betas(world, layout, s)
+            _write_anatomy(world, layout, s, ncsnr)
+            ncsnr_r.append(float(np.corrcoef(ncsnr[tuple(sub.ijk.T)], sub.ncsnr)[0, 1]))
+            log.info("%s ncsnr.nii.gz (estimated) vs true ncsnr: r = %.3f", sub.name, ncsnr_r[-1])
+        _write_ground_truth(world, tmp / "ground_truth", ncsnr_r)
     log.info("wrote nsd-synth world %s to %s in %.1f s", world_fingerprint(spec), root, time.time() - t0)
     return root
