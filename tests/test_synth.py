@@ -104,6 +104,11 @@ def test_atlases_are_estimated_not_the_generating_rois(tiny_world: Path) -> None
         labelled = np.array([names[int(c)] for c in retino])
         truly = np.char.startswith(kind, "V") | (kind == "hV4")
         assert (labelled[truly] == kind[truly]).mean() > 0.6  # most retinotopic voxels keep their area
+        with h5py.File(tiny_world / f"ground_truth/{subject}.h5") as gt:
+            meridian = np.abs(gt["params/prf_y"][()] - 0.5)  # distance from the horizontal meridian
+        same_area = truly & (kind != "hV4") & (labelled.astype("U2") == kind.astype("U2"))
+        flipped = same_area & (labelled != kind)  # ventral ↔ dorsal from the estimated polar angle
+        assert flipped.sum() >= 3 and np.median(meridian[flipped]) < 0.5 * np.median(meridian[same_area & ~flipped])
 
 
 def test_ncsnr_file_is_estimated_from_the_betas(tiny_world: Path) -> None:
