@@ -123,7 +123,10 @@ def _write_betas(world: World, layout: NSDLayout, s: int) -> np.ndarray:
     for session in tqdm(range(1, sub.n_trials // spec.trials_per_session + 1), desc=f"{sub.name} sessions"):
         vol, nsd_ids = simulate_session(world, s, session, np.random.default_rng([spec.seed, s, session]))
         data = np.clip(np.rint(vol * BETA_SCALE), -32768, 32767).astype(np.int16)
-        z = zscore_session(data[:, brain].astype(np.float32) / BETA_SCALE)
+        del vol  # the session's float volume; z below takes its place
+        z = data[:, brain].astype(np.float32)
+        z /= BETA_SCALE
+        zscore_session(z)  # in place
         for t, r in enumerate(row_of[nsd_ids]):
             sums[r] += z[t]
             sumsq[r] += z[t] ** 2
