@@ -37,8 +37,14 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> None:
-    from brainatt.synth.world import WorldSpec
+    from brainatt.synth.world import GENERATOR_VERSION, WORLD_VERSION_FILE, WorldSpec
 
+    if args.world_version is not None and args.world_version != GENERATOR_VERSION:
+        raise BrainattError(
+            f"the workflow asks for nsd-synth world version {args.world_version}, but the installed brainatt "
+            f"({WORLD_VERSION_FILE}) writes version {GENERATOR_VERSION}: run the workflow of the installed package, "
+            "or reinstall brainatt from this checkout (pip install -e .)"
+        )
     spec = WorldSpec.from_config(json.loads(args.spec))
     if args.layout == "nsd":
         from brainatt.synth.writer import write_world
@@ -359,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("synthesize", cmd_synthesize, "simulate an nsd-synth world and write it as an NSD (or Algonauts) tree")
     p.add_argument("--spec", default="{}", help="JSON object of synth settings (config section 'synth')")
+    p.add_argument("--world-version", help="the world version the workflow expects (refused if not the package's)")
     p.add_argument("--layout", choices=["nsd", "algonauts"], default="nsd")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
 

@@ -54,6 +54,12 @@ def _one_line(capsys: pytest.CaptureFixture, code: int, expected: int, out: Path
     return lines[0]
 
 
+def test_world_version_mismatch_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "nsd-synth"
+    line = _one_line(capsys, main(["synthesize", "--world-version", "0", "--out", str(out)]), 2, out)
+    assert "world version 0" in line and "pip install -e ." in line, line
+
+
 # ---------------------------------------------------------------------------------------------- model specs
 @pytest.fixture(scope="module")
 def stimuli(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -81,6 +81,14 @@ def test_encode_params_hold_only_the_encoders_own_section(tmp_path: Path) -> Non
     assert all(shared[e] != base[e] for e in base)  # a shared key reruns every encoder
 
 
+def test_synthesize_carries_the_package_world_version() -> None:
+    """A new world version is a changed parameter of `synthesize`, so it rewrites the dataset and what follows."""
+    from brainatt.synth.world import GENERATOR_VERSION
+
+    output = _demo_dry_run("results/nsd-synth")
+    assert f"--world-version {GENERATOR_VERSION} " in output
+
+
 def test_clip_features_are_built_for_the_configured_clip_only() -> None:
     output = _demo_dry_run("results/features/clip/kit-clip.h5")
     assert "brainatt features --role clip" in output
@@ -136,7 +144,7 @@ def _copy_workflow(dest: Path) -> Path:
     for name in ("Snakefile", "workflow", "config", "profiles", "envs"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
-    for data in ("brainatt/kit/manifest.json", "brainatt/synth/generator.json"):
+    for data in ("brainatt/kit/manifest.json", "brainatt/synth/generator.json", "brainatt/synth/world_version.json"):
         (dest / data).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / data, dest / data)
     return dest

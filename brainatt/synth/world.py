@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Bump when anything that changes the generated world changes (scenes, brain, anatomy, design, noise).
-GENERATOR_VERSION = "2"
+# Bump world_version.json when anything that changes the generated world changes (brain, anatomy, design, noise).
+WORLD_VERSION_FILE = Path(__file__).with_name("world_version.json")
+GENERATOR_VERSION = str(json.loads(WORLD_VERSION_FILE.read_text())["version"])
 
 
 @dataclass(frozen=True)

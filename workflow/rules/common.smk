@@ -32,6 +32,11 @@ def generator_fingerprint(image_size):
     return hashlib.sha256(f"nsd-synth-scenes:v{version}:{image_size}px".encode()).hexdigest()[:16]
 
 
+def world_version():
+    """`brainatt.synth.world.GENERATOR_VERSION`, read from the same world_version.json without importing it."""
+    return json.loads((PACKAGE / "synth/world_version.json").read_text())["version"]
+
+
 def kit_in_use(image_size):
     """`brainatt.models.kit.kit_in_use`: the shipped kit when its manifest records the generator fingerprint at
     this image size, else the one rule `kit` trains into results/kit (a kit trained on another world is stale)."""

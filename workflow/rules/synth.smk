@@ -5,6 +5,7 @@ if "synth" in config:
             directory(DATASET["root"]),
         params:
             spec=json.dumps(config["synth"], sort_keys=True),
+            world_version=world_version(),  # a new world version rewrites the dataset
             layout=DATASET["layout"],
         log:
             "logs/synthesize.log",
@@ -19,4 +20,5 @@ if "synth" in config:
         conda:
             ENVS["torch"]
         shell:
-            "brainatt synthesize --spec {params.spec:q} --layout {params.layout} --out {output} > {log} 2>&1"
+            "brainatt synthesize --spec {params.spec:q} --world-version {params.world_version} --layout {params.layout} "
+            "--out {output} > {log} 2>&1"
