@@ -13,6 +13,9 @@ image fractions: x to the right, y down). Squaring suppresses the low sensitivit
 context (a softmax's normaliser, features pooled over the image), which would pull a plain centroid towards the
 image centre. The rule was chosen on subj02 of the demo among the plain centroid, S², S³, the centroid above the
 median or the minimum, and the peak cell (median errors 0.086, 0.058, 0.059, 0.067, 0.083, 0.082 image widths).
+On a toy encoder with Gaussian receptive fields of σ = 0.1 image widths on an 8 × 8 grid it is within 0.022 of
+the true centres (`tests/test_prf_recovery.py`); for fields narrower than a cell the centroid is drawn towards
+the nearest cell centre (0.044 at σ = 0.06), so the error it reports has that floor.
 
 **Baselines**, each placing a voxel without looking at what the encoder learned:
 
@@ -188,10 +191,11 @@ def voxel_recovery(
     )
 
 
-def recovery_summary(voxels: pd.DataFrame) -> pd.DataFrame:
+def recovery_summary(voxels: pd.DataFrame, runs: list[tuple[str, str]] | None = None) -> pd.DataFrame:
     """Per subject × encoder × ROI label, per subject × encoder over all labels (``label`` ``all``) and per encoder
     over all subjects (``subject`` ``all``): voxel count, median errors of the estimate and both baselines, and the
-    share of voxels whose estimate is closer to the truth than each baseline."""
+    share of voxels whose estimate is closer to the truth than each baseline. ``runs`` (encoder, subject) pairs get
+    their ``all`` rows even without a scored voxel (NaN scores)."""
 
     def summarise(group: pd.DataFrame) -> dict[str, float]:
         return {
@@ -203,12 +207,15 @@ def recovery_summary(voxels: pd.DataFrame) -> pd.DataFrame:
             "closer_than_roi_mean": (group["error"] < group["error_roi_mean"]).mean(),
         }
 
+    runs = runs or list(dict.fromkeys(zip(voxels["encoder"], voxels["subject"], strict=True)))
     rows = []
-    for (encoder, subject), part in voxels.groupby(["encoder", "subject"], sort=False):
+    for encoder, subject in runs:
+        part = voxels[(voxels["encoder"] == encoder) & (voxels["subject"] == subject)]
         for label, group in part.groupby("label"):
             rows.append({"encoder": encoder, "subject": subject, "label": label, **summarise(group)})
         rows.append({"encoder": encoder, "subject": subject, "label": "all", **summarise(part)})
-    for encoder, part in voxels.groupby("encoder", sort=False):
+    for encoder in dict.fromkeys(e for e, _ in runs):
+        part = voxels[voxels["encoder"] == encoder]
         rows.append({"encoder": encoder, "subject": "all", "label": "all", **summarise(part)})
     return pd.DataFrame(rows)
 
@@ -223,13 +230,12 @@ def write_prf_recovery(
     min_nc: float = MIN_NC,
 ) -> pd.DataFrame:
     """`recovery_summary` of every ``encoder`` × subject (`voxel_recovery`) → ``out`` (``prf_recovery.tsv``)."""
-    parts = []
-    for encoder in encoders:
-        for subject in subjects:
-            folder = Path(encoding_dir) / subject / encoder
-            if not (folder / VOXEL_SCORES).exists():
-                raise BrainattError(f"{folder}: no fitted {encoder} encoder of {subject}: run the encode rule first")
-            parts.append(voxel_recovery(folder, features, ground_truth, subject, min_nc))
-    table = recovery_summary(pd.concat(parts, ignore_index=True))
+    parts, runs = [], [(encoder, subject) for encoder in encoders for subject in subjects]
+    for encoder, subject in runs:
+        folder = Path(encoding_dir) / subject / encoder
+        if not (folder / VOXEL_SCORES).exists():
+            raise BrainattError(f"{folder}: no fitted {encoder} encoder of {subject}: run the encode rule first")
+        parts.append(voxel_recovery(folder, features, ground_truth, subject, min_nc))
+    table = recovery_summary(pd.concat(parts, ignore_index=True), runs)
     write_tsv(table, out)
     return table
