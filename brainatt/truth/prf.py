@@ -5,7 +5,7 @@ tokens of the test images: patch p of every cached layer is replaced by that pat
 and S_v(p) = mean over images of (ŷ_v − ŷ_v^(p occluded))². The mean token keeps what every image's token holds at
 that position (the backbone writes position into its tokens) and removes only the image's content there, so the
 occluded input stays among the inputs the encoder was fitted on; for a linear readout ŷ = Σ_p w_pᵀ x_p, S_v(p) =
-w_pᵀ Σ_p w_p is the response variance patch p carries. A gradient would measure an infinitesimal change at each
+w_pᵀ C_p w_p (C_p: the covariance of token p over the images) is the response variance patch p carries. A gradient would measure an infinitesimal change at each
 image's operating point, where the attention softmax and the readout's nonlinearity can saturate; occlusion
 measures the finite effect of removing a patch and needs no backward pass (the encoders are predicted, never
 differentiated, here). The voxel's **estimated centre** is the centroid of S_v² over the grid (cell centres, in
