@@ -162,6 +162,12 @@ def cmd_encoding_summary(args: argparse.Namespace) -> None:
         write_routing_table(args.encoding, args.subjects, args.ground_truth, args.routing)
 
 
+def cmd_prf_recovery(args: argparse.Namespace) -> None:
+    from brainatt.truth.prf import write_prf_recovery
+
+    write_prf_recovery(args.encoding, args.subjects, args.encoders, args.features, args.ground_truth, args.out)
+
+
 def cmd_encoding_figures(args: argparse.Namespace) -> None:
     from brainatt.viz.encoding import make_encoding_figures
 
@@ -453,6 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", required=True, help="encoding.tsv to write")
     p.add_argument("--routing", help="routing.tsv to write (transformer attention vs the true routing)")
     p.add_argument("--figure", required=True, help="accuracy-by-ROI figure to write")
+
+    p = add("prf-recovery", cmd_prf_recovery, "nsd-synth: each retinotopic voxel's pRF centre from occlusion vs truth")
+    p.add_argument("--encoding", required=True, help="results/encoding folder ({subject}/{encoder}/...)")
+    p.add_argument("--subjects", nargs="+", required=True)
+    p.add_argument("--encoders", nargs="+", required=True, help="encoders that read patch tokens")
+    p.add_argument("--features", required=True, help="the feature cache .h5 the encoders were fitted on")
+    p.add_argument("--ground-truth", required=True, help="nsd-synth ground_truth/ folder")
+    p.add_argument("--out", required=True, help="prf_recovery.tsv to write")
 
     p = add("encoding-figures", cmd_encoding_figures, "one subject's brain maps, voxel scatter and attention maps")
     p.add_argument("--encoding", required=True, help="results/encoding folder ({subject}/{encoder}/...)")

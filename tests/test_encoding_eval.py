@@ -132,8 +132,9 @@ def _routing_world(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """A ground-truth folder for SPEC's scenes, attention maps from the given functions of the face masks.
 
-    ``head_mean``, if given, makes the plain head-mean maps of both queries from the face masks. ``ids``: the test
-    scenes (default all of them).
+    ``head_mean``, if given, makes the plain head-mean maps (the headline) from the face masks: one function for both
+    queries, or a pair (face, V1v); without it the file has one set of maps. ``ids``: the test scenes (default all
+    of them).
     """
     gt = tmp_path / "ground_truth"
     gt.mkdir(exist_ok=True)
@@ -157,7 +158,8 @@ def _routing_world(
         f["nsd_ids"] = ids
         f["maps"] = np.stack([face_maps(faces), v1_maps(faces)]).astype(np.float16)
         if head_mean:
-            f["maps_head_mean"] = np.stack([head_mean(faces)] * 2).astype(np.float16)
+            face_mean, v1_mean = head_mean if isinstance(head_mean, tuple) else (head_mean, head_mean)
+            f["maps_head_mean"] = np.stack([face_mean(faces), v1_mean(faces)]).astype(np.float16)
         f.attrs["grid"] = list(GRID)
     return routing_scores(tmp_path / "attention.h5", ROUTING_SCORES, gt, "subj01").set_index("query"), faces
 
@@ -193,7 +195,7 @@ def _patch(column: int):
 
 def test_routing_scores_recover_planted_routing(tmp_path: Path) -> None:
     corner = _patch(3)  # centred at (0.875, 0.125); the pRFs' mean is (0.75, 0.1)
-    table, faces = _routing_world(tmp_path, _on_faces, corner, head_mean=_uniform)
+    table, faces = _routing_world(tmp_path, _on_faces, corner)
     share = faces[faces.any((1, 2))].mean((1, 2)).mean()
     assert table.loc["lh.FFA-1", "truth"] == "face"
     assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(1 / share, rel=1e-3)
@@ -203,10 +205,34 @@ def test_routing_scores_recover_planted_routing(tmp_path: Path) -> None:
     assert table.loc["lh.V1v", "distance"] < table.loc["lh.V1v", "distance_uniform"]
     # attention that follows the faces changes with the image; a fixed patch's does not
     assert table.loc["lh.V1v", "variability"] == 0.0 < table.loc["lh.FFA-1", "variability"]
-    # the reference's head-mean maps, scored beside: here uniform
-    assert table.loc["lh.FFA-1", "mass_ratio_head_mean"] == pytest.approx(1.0, rel=1e-3)
-    assert (table["variability_head_mean"] == 0).all()
-    assert table.loc["lh.V1v", "distance_head_mean"] == pytest.approx(table.loc["lh.V1v", "distance_uniform"], abs=1e-3)
+    assert not table.columns.str.endswith("_weighted").any()  # an attention.h5 with one set of maps
+
+
+def test_the_headline_scores_the_plain_head_mean_and_the_weighted_maps_stand_beside_it(tmp_path: Path) -> None:
+    corner = _patch(3)
+    planted, _ = _routing_world(tmp_path, _on_faces, corner)
+    # the weighted maps (`maps`) uniform, the plain head mean routing: the headline is the head mean's
+    table, _ = _routing_world(tmp_path, _uniform, _uniform, head_mean=(_on_faces, corner))
+    for column in ("mass_ratio", "peak_on_object", "distance", "variability"):
+        assert table[column].to_dict() == pytest.approx(planted[column].to_dict(), rel=1e-6, nan_ok=True), column
+    assert table.loc["lh.FFA-1", "mass_ratio_weighted"] == pytest.approx(1.0, rel=1e-3)
+    assert (table["variability_weighted"] == 0).all()
+    assert table.loc["lh.V1v", "distance_weighted"] == pytest.approx(table.loc["lh.V1v", "distance_uniform"], abs=1e-3)
+    # and the other way round
+    swapped, _ = _routing_world(tmp_path, _on_faces, corner, head_mean=_uniform)
+    assert swapped.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(1.0, rel=1e-3)
+    assert swapped.loc["lh.FFA-1", "mass_ratio_weighted"] == pytest.approx(planted.loc["lh.FFA-1", "mass_ratio"])
+
+
+def test_the_name_only_maps_are_scored_beside_the_attention(tmp_path: Path) -> None:
+    table, faces = _routing_world(tmp_path, _uniform, _uniform)
+    # lh.V1v by its name alone: the right (contralateral) upper quarter, centre (0.75, 0.25); the pRFs' mean (0.75, 0.1)
+    assert table.loc["lh.V1v", "distance_name_only"] == pytest.approx(0.15, abs=1e-6)
+    # lh.FFA-1 by its name alone: uniform over the central quarter of the image (the centre 2 × 2 cells of 4 × 4)
+    has = faces.any((1, 2))
+    central = faces[has][:, 1:3, 1:3].sum((1, 2)).mean() / 4
+    expected = central / faces[has].mean((1, 2)).mean()
+    assert table.loc["lh.FFA-1", "mass_ratio_name_only"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_a_static_map_gets_no_credit_for_following_the_objects(tmp_path: Path) -> None:
@@ -215,6 +241,7 @@ def test_a_static_map_gets_no_credit_for_following_the_objects(tmp_path: Path) -
     assert face["variability"] == 0.0
     assert face["mass_ratio"] == pytest.approx(face["mass_ratio_static"], rel=1e-3)
     assert "mass_ratio_best_static" not in table  # every scene is a test scene: nothing to place a static map from
+    assert "over_best_static" not in table
 
 
 def test_the_best_static_map_is_placed_from_the_scenes_outside_the_test_set(tmp_path: Path) -> None:
@@ -232,6 +259,9 @@ def test_the_best_static_map_is_placed_from_the_scenes_outside_the_test_set(tmp_
     best = tracking.loc["lh.FFA-1", "mass_ratio_best_static"]
     assert placed.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(best, rel=1e-3)
     assert best < tracking.loc["lh.FFA-1", "mass_ratio"]  # attention on every image's faces beats any fixed patch
+    ratio = tracking.loc["lh.FFA-1", "over_best_static"]
+    assert ratio == pytest.approx(tracking.loc["lh.FFA-1", "mass_ratio"] / best) and ratio > 1
+    assert placed.loc["lh.FFA-1", "over_best_static"] == pytest.approx(1.0, rel=1e-3)
     # leave one out: the tracking maps' mean over the other images is not credited with this image's faces
     assert 1.0 < tracking.loc["lh.FFA-1", "mass_ratio_static"] < tracking.loc["lh.FFA-1", "mass_ratio"]
 
@@ -322,7 +352,7 @@ def test_routing_scores_give_no_credit_to_uniform_attention(tmp_path: Path) -> N
     table, _ = _routing_world(tmp_path, lambda m: np.full(m.shape, 1 / 16), lambda m: np.full(m.shape, 1 / 16))
     assert table.loc["lh.FFA-1", "mass_ratio"] == pytest.approx(1.0, rel=1e-3)
     assert table.loc["lh.V1v", "distance"] == pytest.approx(table.loc["lh.V1v", "distance_uniform"], abs=1e-3)
-    assert "mass_ratio_head_mean" not in table  # an attention.h5 with one set of maps
+    assert "mass_ratio_weighted" not in table  # an attention.h5 with one set of maps
 
 
 def test_routing_scores_give_no_credit_to_attention_beside_the_object(tmp_path: Path) -> None:

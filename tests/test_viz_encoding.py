@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import h5py
@@ -207,6 +208,20 @@ def test_top_images_are_the_highest_predicted_roi_means(world: dict) -> None:
     has_att = np.isin(ids, world["att_ids"])
     top_att, _ = top_images(pred[has_att], ids[has_att], vox, 3)
     assert panels.loc[panels["query"] == "lh.FFA-1", "nsd_id"].tolist() == list(top_att)
+
+
+def test_attention_panels_show_the_plain_head_mean_when_the_file_has_it(world: dict, tmp_path: Path) -> None:
+    d = world["dir"] / "encoding/subj01/transformer"
+    both = tmp_path / "attention.h5"
+    shutil.copy(d / "attention.h5", both)
+    with h5py.File(both, "r+") as f:
+        f["maps_head_mean"] = f["maps"][()][::-1]  # each query's head mean peaks at the last query's cell
+    fig, _ = attention_figure(both, world["stimuli"], d / "test_pred.h5", world["scores"]["transformer"])
+    for ax in fig.axes:
+        if ax.get_gid():
+            assert _peak_cell(ax) == _cell(len(QUERIES) - 1 - QUERIES.index(ax.get_gid()))
+    assert "plain mean over heads" in fig.get_suptitle()
+    plt.close(fig)
 
 
 def test_attention_panels_show_their_own_query(world: dict) -> None:

@@ -130,9 +130,14 @@ def test_tiny_pipeline_runs_end_to_end(tiny_run: Path) -> None:
     assert encoding.loc[encoding.roi == "all", "r_truth"].notna().all()
     routing = pd.read_csv(tiny_run / "results/tables/routing.tsv", sep="\t")
     against_truth = {"mass_ratio", "truth_mass_ratio", "distance", "variability", "truth_variability", "mixed"}
-    fixed_maps = {"mass_ratio_static", "mass_ratio_best_static"}
-    head_mean = {"mass_ratio_head_mean", "variability_head_mean"}
-    assert {"query", "truth", *against_truth, *fixed_maps, *head_mean} <= set(routing.columns)
+    baselines = {"mass_ratio_static", "mass_ratio_best_static", "over_best_static", "mass_ratio_name_only"}
+    weighted = {"mass_ratio_weighted", "variability_weighted", "distance_weighted", "distance_name_only"}
+    assert {"query", "truth", *against_truth, *baselines, *weighted} <= set(routing.columns)
+    recovery = pd.read_csv(tiny_run / "results/tables/prf_recovery.tsv", sep="\t")
+    assert set(recovery.encoder) == {"transformer", "factorized", "ridge_tokens"}
+    assert {"median_error", "median_error_name_only", "median_error_roi_mean", "closer_than_name_only"} <= set(
+        recovery.columns
+    )
     scores = pd.read_csv(tiny_run / "results/encoding/subj01/transformer/voxel_scores.tsv", sep="\t")
     by_voxel = scores.sort_values("voxel")
     labels = (by_voxel["hemi"] + "." + by_voxel["roi"]).to_numpy()

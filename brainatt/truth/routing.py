@@ -2,7 +2,12 @@
 
 One row per ROI × hemisphere (``query``: its label, ``lh.FFA-1``; with ROI queries, the query's name). The ground
 truth says what its voxels do (the majority generating kind), and the map scored is what they attend to
-(`attention_maps.roi_attention`: with ROI queries the query's map):
+(`attention_maps.roi_attention`: with ROI queries the query's map). The headline columns score the plain mean of
+the last layer's heads (``attention.h5``'s ``maps_head_mean``, the reference's map: what the model computes, with
+nothing chosen after the fit); the same column with the suffix ``_weighted`` scores ``maps``, whose heads are
+weighted in each image by their importance to the query's voxels (a reading of the model that uses its
+predictions). A file with one set of maps (no ``maps_head_mean``) has its ``maps`` as the headline and no
+``_weighted`` columns.
 - a **category** ROI (face, body, word, food voxels) should put its attention on that category's objects:
   ``mass_ratio`` = attention mass on the object's patches / the share of patches the object covers (1 = no
   routing), over test images that contain the category. An object's patches are the grid cells at least
@@ -15,22 +20,23 @@ truth says what its voxels do (the majority generating kind), and the map scored
   (`VoxelReadout.pooling_weights` of the ROI's voxels of that category, summed into token cells): how
   focused routing can be on this grid. Places are whole-scene layouts with no object patches; their ROIs are
   not scored this way.
-  Routing should also follow the object from image to image (the digest's claim 3). Two fixed maps, the same for
-  every image, are scored the same way: ``mass_ratio_static``, the ROI's own maps averaged over the other test
-  images (leave one out), and ``mass_ratio_best_static``, all attention on the one patch that most often lies on
-  the category's objects in the world's scenes outside the test set: the most any static receptive field placed
-  from those scenes puts on the objects. ``truth_variability`` is the truth's own ``variability`` (below).
+  Baselines, maps that are the same for every image, scored the same way: ``mass_ratio_best_static``, all
+  attention on the one patch that most often lies on the category's objects in the world's scenes outside the
+  test set (the most any static receptive field placed from those scenes puts on the objects), with
+  ``over_best_static`` = ``mass_ratio`` / ``mass_ratio_best_static`` (above 1: the map follows the object from
+  image to image, the digest's claim 3); ``mass_ratio_name_only``, the map the ROI's name alone gives
+  (`prf.name_only_map`: for a category ROI, uniform over the central quarter of the image); and
+  ``mass_ratio_static``, the ROI's own headline maps averaged over the other test images (leave one out).
+  ``truth_variability`` is the truth's own ``variability`` (below).
 - a **retinotopic** ROI should look where its voxels' pRFs are: ``distance`` between the attention centroid
-  (mean over test images) and the mean true pRF centre, in image widths; ``distance_uniform`` is the same for
-  a uniform map (the image centre), the score to beat. Its map should barely change with the image.
+  (mean over test images) and the mean true pRF centre, in image widths, beside ``distance_name_only`` (the centre
+  of the region the ROI's name gives under textbook retinotopy, `prf.name_only_region`) and ``distance_uniform``
+  (the image centre). Its map should barely change with the image. Per-voxel recovery, a stricter test than this
+  ROI centroid, is `prf`'s (``prf_recovery.tsv``).
 - every ROI: ``variability`` is the mean over test images of the total-variation distance between the image's
   map and the mean map (0 = the same map for every image; 1 − 1/N for N disjoint maps); ``mixed`` marks the ROIs whose
   voxels are mostly nsd-synth's ``:mixed`` kinds, category areas that keep a spatial preference and some
   retinotopy (OFA, OPA, OWFA).
-
-The maps scored are ``attention.h5``'s ``maps`` (heads weighted in each image by their importance to the query's
-voxels); ``mass_ratio_head_mean``, ``distance_head_mean`` and ``variability_head_mean`` score the reference's plain
-head mean, where present.
 """
 
 from __future__ import annotations
@@ -54,9 +60,18 @@ from brainatt.io import BrainattError
 from brainatt.synth.brain import VisualSystem, VoxelReadout
 from brainatt.synth.scenes import CATEGORIES, OBJECT_CATEGORIES, render
 from brainatt.synth.world import WorldSpec, load_brain, visual_features, world_scenes
+from brainatt.truth.prf import name_only_centre, name_only_map
 
 COVER = 0.25  # a patch belongs to an object when the object covers at least this fraction of it
 SMALL = 0.15  # "small object" images: the object covers at most this share of the patches
+# routing.tsv's columns in order: each headline with its baselines, then the weighted maps' scores
+COLUMNS = (
+    *("subject", "query", "truth", "family", "mixed", "n_voxels", "n_images"),
+    *("mass_ratio", "mass_ratio_best_static", "over_best_static", "mass_ratio_name_only", "mass_ratio_static"),
+    *("peak_on_object", "peak_chance", "n_small", "mass_ratio_small", "truth_mass_ratio"),
+    *("distance", "distance_name_only", "distance_uniform", "centre_x", "centre_y", "true_x", "true_y"),
+    *("variability", "truth_variability", "mass_ratio_weighted", "distance_weighted", "variability_weighted"),
+)
 
 
 def _grid_centres(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -175,12 +190,14 @@ def routing_scores(
         grid = tuple(int(v) for v in f.attrs["grid"])
         voxel_query = voxel_queries(f, labels)
         rois = roi_voxels(labels)
-        maps = {label: roi_attention(f["maps"], voxel_query, voxels) for label, voxels in rois.items()}
-        head_mean = (
+        # the headline is the plain head mean; `maps` weights heads per image by their importance to the voxels
+        weighted = {label: roi_attention(f["maps"], voxel_query, voxels) for label, voxels in rois.items()}
+        maps = (
             {label: roi_attention(f["maps_head_mean"], voxel_query, voxels) for label, voxels in rois.items()}
             if "maps_head_mean" in f
-            else None
+            else weighted
         )
+        both = "maps_head_mean" in f
     cover, cats, prior = _test_scenes(gt, nsd_ids, grid)
     objects = _masks_from_cover(cover)
     brain = load_brain(gt, subject)
@@ -200,8 +217,8 @@ def routing_scores(
             "n_voxels": len(voxels),
             "variability": map_variability(a),
         }
-        if head_mean is not None:
-            row["variability_head_mean"] = map_variability(head_mean[name])
+        if both:
+            row["variability_weighted"] = map_variability(weighted[name])
         if truth in OBJECT_CATEGORIES:
             masks = objects[:, CATEGORIES.index(truth)]
             share = masks.mean((1, 2))
@@ -215,6 +232,7 @@ def routing_scores(
                     family="category",
                     n_images=int(has.sum()),
                     mass_ratio=_mass_ratio(a, masks, has),
+                    mass_ratio_name_only=_mass_ratio(name_only_map(name, grid)[None], masks, has),
                     mass_ratio_static=_mass_ratio((a.sum(0) - a) / max(len(a) - 1, 1), masks, has),
                     peak_on_object=on_object[has].mean(),
                     peak_chance=share[has].mean(),  # a uniform map's mass, and a random peak's hit rate
@@ -225,12 +243,14 @@ def routing_scores(
                     best = np.zeros((1, *grid))
                     best.flat[prior[CATEGORIES.index(truth)].argmax()] = 1
                     row["mass_ratio_best_static"] = _mass_ratio(best, masks, has)
-                if head_mean is not None:
-                    row["mass_ratio_head_mean"] = _mass_ratio(head_mean[name], masks, has)
+                    row["over_best_static"] = row["mass_ratio"] / row["mass_ratio_best_static"]
+                if both:
+                    row["mass_ratio_weighted"] = _mass_ratio(weighted[name], masks, has)
             if small.any():
                 row.update(n_small=int(small.sum()), mass_ratio_small=_mass_ratio(a, masks, small))
         elif truth.startswith(("V", "hV")):
             cx, cy = _centroid(a, x, y)
+            nx, ny = name_only_centre(name)
             tx, ty = prf_x[voxels].mean(), prf_y[voxels].mean()
             row.update(
                 family="retinotopic",
@@ -240,13 +260,15 @@ def routing_scores(
                 true_x=tx,
                 true_y=ty,
                 distance=float(np.hypot(cx - tx, cy - ty)),
+                distance_name_only=float(np.hypot(nx - tx, ny - ty)),
                 distance_uniform=float(np.hypot(0.5 - tx, 0.5 - ty)),
             )
-            if head_mean is not None:
-                hx, hy = _centroid(head_mean[name], x, y)
-                row["distance_head_mean"] = float(np.hypot(hx - tx, hy - ty))
+            if both:
+                wx, wy = _centroid(weighted[name], x, y)
+                row["distance_weighted"] = float(np.hypot(wx - tx, wy - ty))
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table[[c for c in COLUMNS if c in table] + [c for c in table if c not in COLUMNS]]
 
 
 def write_routing_table(

@@ -392,6 +392,8 @@ def attention_figure(
     with open_attention(attention_h5) as a:
         voxel_query = voxel_queries(a, labels)
         att_ids = a["nsd_ids"][()]
+        shown = a["maps_head_mean"] if "maps_head_mean" in a else a["maps"]  # the plain head mean, as routing.tsv
+        weighting = "plain mean over heads" if "maps_head_mean" in a else "the file's maps"
         keep = np.isin(pred_ids, att_ids)  # rank only images that have attention maps
         pred, pred_ids = pred[keep], pred_ids[keep]
         att_row = {int(n): i for i, n in enumerate(att_ids)}
@@ -403,7 +405,7 @@ def attention_figure(
             voxels = voxel_sets[q]
             if parse_roi_label(q)[1] == "rest" and not include_rest and rois is None:
                 continue
-            maps = roi_attention(a["maps"], voxel_query, voxels, np.float32)  # (N, gh, gw)
+            maps = roi_attention(shown, voxel_query, voxels, np.float32)  # (N, gh, gw)
             if maps is None:  # no voxel of the ROI reads a query
                 continue
             ids, means = top_images(pred, pred_ids, voxels, n_top)
@@ -460,8 +462,7 @@ def attention_figure(
             ax.set_axis_off()
     fig.suptitle(
         "Cross-attention of each ROI query: its mean map over the test images, then its top predicted test images\n"
-        "(colour: attention in multiples of uniform, per ROI; heads weighted in each image by their importance to the "
-        "ROI's voxels)",
+        f"(colour: attention in multiples of uniform, per ROI; {weighting})",
         fontsize=9,
         y=1 - 0.1 / height,
         va="top",

@@ -95,6 +95,8 @@ TRUTH = SYNTH and DATASET["layout"] == "nsd"
 GROUND_TRUTH = f"{DATASET['root']}/ground_truth"
 # Routing is scored against the truth, for the transformer's attention.
 ROUTING = TRUTH and "transformer" in ENCODERS
+# Per-voxel pRF recovery (occlusion of the patch tokens) for the encoders that read them, with the transformer.
+PRF_ENCODERS = [e for e in ENCODERS if e in ("transformer", "ridge_tokens", "factorized")] if ROUTING else []
 SUBJECT_FIGURES = [
     *(["encoding_brain_maps.png"] if DATASET["layout"] == "nsd" else []),  # volume data only
     *(["encoding_voxel_scatter.png"] if len(ENCODERS) >= 2 else []),
@@ -114,6 +116,7 @@ def all_outputs():
         "results/tables/prep.tsv",
         *(["results/tables/kit_quality.tsv"] if SYNTH else []),
         "results/tables/encoding.tsv",
+        *(["results/tables/prf_recovery.tsv"] if PRF_ENCODERS else []),
         *expand("results/figures/{subject}/{figure}", subject=SUBJECTS, figure=SUBJECT_FIGURES),
         *(
             ["results/tables/mindbridge.tsv", "results/tables/mindbridge_recon.tsv"]

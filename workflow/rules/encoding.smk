@@ -102,6 +102,38 @@ rule encoding_summary:
         "--encoders {params.encoders} {params.routing} --table {output.table} --figure {output.figure} > {log} 2>&1"
 
 
+rule prf_recovery:
+    input:
+        expand("results/encoding/{subject}/{encoder}", subject=SUBJECTS, encoder=PRF_ENCODERS),
+        features=FEATURES["backbone"],
+        dataset=dataset_input,
+    output:
+        report(
+            "results/tables/prf_recovery.tsv",
+            caption="../report/prf_recovery.rst",
+            category="Encoding",
+            subcategory="All subjects",
+        ),
+    params:
+        subjects=SUBJECTS,
+        encoders=PRF_ENCODERS,
+        ground_truth=GROUND_TRUTH,
+    log:
+        "logs/prf_recovery.log",
+    benchmark:
+        "benchmarks/prf_recovery.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    conda:
+        ENVS["torch"]
+    shell:
+        "OMP_NUM_THREADS={threads} brainatt prf-recovery --encoding results/encoding --subjects {params.subjects} "
+        "--encoders {params.encoders} --features {input.features} --ground-truth {params.ground_truth} --out {output} "
+        "> {log} 2>&1"
+
+
 rule encoding_figures:
     input:
         expand("results/encoding/{{subject}}/{encoder}", encoder=ENCODERS),
