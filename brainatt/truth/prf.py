@@ -1,21 +1,21 @@
 """Per-voxel retinotopic recovery: where a fitted encoder makes each voxel look, against its true pRF centre.
 
 **Sensitivity by occlusion.** A fitted encoder's spatial sensitivity for voxel v is measured on the cached patch
-tokens of the test images: patch p of every cached layer is replaced by that patch's mean token over the test images,
-and S_v(p) = mean over images of (ŷ_v − ŷ_v^(p occluded))². The mean token keeps what every image's token holds at
-that position (the backbone writes position into its tokens) and removes only the image's content there, so the
-occluded input stays among the inputs the encoder was fitted on; for a linear readout ŷ = Σ_p w_pᵀ x_p, S_v(p) =
-w_pᵀ C_p w_p (C_p: the covariance of token p over the images) is the response variance patch p carries. A gradient would measure an infinitesimal change at each
-image's operating point, where the attention softmax and the readout's nonlinearity can saturate; occlusion
-measures the finite effect of removing a patch and needs no backward pass (the encoders are predicted, never
-differentiated, here). The voxel's **estimated centre** is the centroid of S_v² over the grid (cell centres, in
-image fractions: x to the right, y down). Squaring suppresses the low sensitivity every patch has through shared
-context (a softmax's normaliser, features pooled over the image), which would pull a plain centroid towards the
-image centre. The rule was chosen on subj02 of the demo among the plain centroid, S², S³, the centroid above the
-median or the minimum, and the peak cell (median errors 0.086, 0.058, 0.059, 0.067, 0.083, 0.082 image widths).
-On a toy encoder with Gaussian receptive fields of σ = 0.1 image widths on an 8 × 8 grid it is within 0.022 of
-the true centres (`tests/test_prf_recovery.py`); for fields narrower than a cell the centroid is drawn towards
-the nearest cell centre (0.044 at σ = 0.06), so the error it reports has that floor.
+tokens of the test images: patch p of every cached layer is replaced by that patch's mean token over the test
+images, and S_v(p) = mean over images of (ŷ_v − ŷ_v^(p occluded))². The mean token keeps what every image's token
+holds at that position (the backbone writes position into its tokens) and removes only the image's content there, so
+the occluded input stays among the inputs the encoder was fitted on; for a linear readout ŷ = Σ_p w_pᵀ x_p, S_v(p) =
+w_pᵀ C_p w_p (C_p: the covariance of token p over the images) is the response variance patch p carries. A gradient
+would measure an infinitesimal change at each image's operating point, where the attention softmax and the readout's
+nonlinearity can saturate; occlusion measures the finite effect of removing a patch and needs no backward pass (the
+encoders are predicted, never differentiated, here). The voxel's **estimated centre** is the centroid of S_v² over
+the grid (cell centres, in image fractions: x to the right, y down). Squaring suppresses the low sensitivity every
+patch has through shared context (a softmax's normaliser, features pooled over the image), which would pull a plain
+centroid towards the image centre. The rule was chosen on subj02 of the demo among the plain centroid, S², S³, the
+centroid above the median or the minimum, and the peak cell (median errors 0.086, 0.058, 0.059, 0.067, 0.083, 0.082
+image widths). On a toy encoder with Gaussian receptive fields of σ = 0.1 image widths on an 8 × 8 grid it is within
+0.022 of the true centres (`tests/test_prf_recovery.py`); for fields narrower than a cell the centroid is drawn
+towards the nearest cell centre (0.044 at σ = 0.06), so the error it reports has that floor.
 
 **Baselines**, each placing a voxel without looking at what the encoder learned:
 
