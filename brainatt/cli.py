@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
+from tqdm import tqdm
+
 from brainatt import __version__
 from brainatt.errors import BrainattError
 
@@ -691,6 +693,14 @@ def _report_unexpected(command: str, argv: list[str], error: BaseException) -> s
     )
 
 
+def _last_line(message: str) -> None:
+    """Print the run's closing line on a line of its own: a progress bar the error left open (a loop over `tqdm`
+    stopped mid-iteration) is closed first, which ends its line."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+    print(message, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     with _signals_raise():
@@ -709,16 +719,16 @@ def _run(argv: list[str]) -> int:
         )
         args.func(args)
     except BrainattError as e:
-        print(f"brainatt: error: {e}", file=sys.stderr)
+        _last_line(f"brainatt: error: {e}")
         return 2
     except KeyboardInterrupt:
-        print(f"brainatt: interrupted (SIGINT): `brainatt {command}` stopped", file=sys.stderr)
+        _last_line(f"brainatt: interrupted (SIGINT): `brainatt {command}` stopped")
         return 130
     except Terminated as e:
-        print(f"brainatt: terminated ({e}): `brainatt {command}` stopped", file=sys.stderr)
+        _last_line(f"brainatt: terminated ({e}): `brainatt {command}` stopped")
         return 128 + e.signum
     except Exception as e:
-        print(_report_unexpected(command, argv, e), file=sys.stderr)
+        _last_line(_report_unexpected(command, argv, e))
         return 1
     return 0
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tqdm import tqdm
 
 import brainatt.cli as cli
 from brainatt.cli import main
@@ -52,6 +53,20 @@ def _one_line(capsys: pytest.CaptureFixture, code: int, expected: int, out: Path
     assert not out.exists() or out.is_dir()
     assert not _temporaries(out.parent), "temporary left behind"
     return lines[0]
+
+
+def test_closing_line_is_a_line_of_its_own_after_an_open_progress_bar(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    def stops_inside_a_bar(args: object) -> None:
+        bar = tqdm(total=3, desc="work")  # open while the error unwinds: the traceback keeps this frame alive
+        bar.update()
+        raise BrainattError("stopped inside the loop")
+
+    monkeypatch.setattr(cli, "cmd_synthesize", stops_inside_a_bar)
+    assert main(["synthesize", "--out", "unused"]) == 2
+    err = capsys.readouterr().err.rstrip("\n").split("\n")
+    assert err[-1] == "brainatt: error: stopped inside the loop", err
 
 
 def test_world_version_mismatch_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -73,7 +73,7 @@ def _encode_settings(output: str) -> dict[str, dict]:
 def test_encode_params_hold_only_the_encoders_own_section(tmp_path: Path) -> None:
     base = _encode_settings(_demo_dry_run())
     assert set(base) == {"transformer", "factorized", "ridge_pooled", "ridge_tokens"}
-    assert base["transformer"] == {"seeds": [0], "transformer": {"patience": 5}}
+    assert base["transformer"] == {"seeds": [0], "transformer": {"patience": 5, "attention_entropy": 0.05}}
     assert base["ridge_pooled"] == base["ridge_tokens"] == {"seeds": [0], "ridge": {}}
     changed = _encode_settings(_demo_dry_run(override={"encoding": {"transformer": {"patience": 7}}}, tmp=tmp_path))
     assert {e for e in base if base[e] != changed[e]} == {"transformer"}  # only the transformer reruns
