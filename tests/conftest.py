@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import h5py
+import numpy as np
 import pytest
 
 from brainatt.synth.world import WorldSpec
@@ -48,6 +50,15 @@ def tiny_spec() -> WorldSpec:
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-subject world (~80 images each) as an NSD tree; tests must not modify it."""
     return write_world(TINY, tmp_path_factory.mktemp("synth") / "nsd")
+
+
+def rewrite_betas(path: Path, change: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Replace an HDF5 session's ``betas`` by ``change(betas)`` (a damaged or altered download)."""
+    with h5py.File(path) as f:
+        data = f["betas"][()]
+    path.unlink()
+    with h5py.File(path, "w") as f:
+        f["betas"] = change(data)
 
 
 def write_tiny_latent_diffusion(root: Path, cond_dim: int) -> Path:

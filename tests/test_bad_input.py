@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import h5py
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import rewrite_betas
 
 import brainatt.prep.responses as responses
 from brainatt.cli import main
@@ -34,14 +34,6 @@ def out(tmp_path: Path) -> Path:
 
 def _sessions(root: Path) -> list[Path]:
     return sorted((root / BETAS).glob("betas_session*.hdf5"))
-
-
-def _rewrite_betas(path: Path, change: Callable[[np.ndarray], np.ndarray]) -> None:
-    with h5py.File(path) as f:
-        data = f["betas"][()]
-    path.unlink()
-    with h5py.File(path, "w") as f:
-        f["betas"] = change(data)
 
 
 def _nsdgeneral_voxel(root: Path) -> tuple[int, int, int]:
@@ -95,7 +87,7 @@ def test_missing_session_file(world: Path, out: Path, capsys: pytest.CaptureFixt
 
 def test_session_with_a_different_trial_count(world: Path, out: Path, capsys: pytest.CaptureFixture) -> None:
     path = world / BETAS / "betas_session03.hdf5"
-    _rewrite_betas(path, lambda d: d[:-5])
+    rewrite_betas(path, lambda d: d[:-5])
     line = _run(capsys, out, *_preprocess(world, out))
     assert str(path) in line and "43 trials" in line and "48" in line and "re-download" in line
 
@@ -103,14 +95,14 @@ def test_session_with_a_different_trial_count(world: Path, out: Path, capsys: py
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32])
 def test_wrong_dtype(world: Path, out: Path, capsys: pytest.CaptureFixture, dtype: type) -> None:
     path = world / BETAS / "betas_session01.hdf5"
-    _rewrite_betas(path, lambda d: d.astype(dtype))
+    rewrite_betas(path, lambda d: d.astype(dtype))
     line = _run(capsys, out, *_preprocess(world, out))
     assert str(path) in line and f"dtype {np.dtype(dtype)}" in line and "int16" in line and "re-export" in line
 
 
 def test_wrong_shape(world: Path, out: Path, capsys: pytest.CaptureFixture) -> None:
     path = world / BETAS / "betas_session02.hdf5"
-    _rewrite_betas(path, lambda d: d[:, :-1])  # one z-slice short of the ROI volumes
+    rewrite_betas(path, lambda d: d[:, :-1])  # one z-slice short of the ROI volumes
     line = _run(capsys, out, *_preprocess(world, out))
     assert str(path) in line and "does not match" in line and "re-download" in line
 
@@ -118,7 +110,7 @@ def test_wrong_shape(world: Path, out: Path, capsys: pytest.CaptureFixture) -> N
 def test_all_nan_voxel(world: Path, out: Path, capsys: pytest.CaptureFixture) -> None:
     ijk = _nsdgeneral_voxel(world)
     path = world / BETAS / "betas_session01.hdf5"
-    _rewrite_betas(path, lambda d: _nan_voxel(d, ijk))
+    rewrite_betas(path, lambda d: _nan_voxel(d, ijk))
     line = _run(capsys, out, *_preprocess(world, out))
     assert str(path) in line and f"voxel {ijk}" in line and "NaN" in line and "dataset.mask" in line
 
@@ -129,7 +121,7 @@ def test_failure_midway_leaves_no_partial_output(
     """The last session fails after the others were written: the temporary is removed, nothing appears."""
     ijk = _nsdgeneral_voxel(world)
     last = _sessions(world)[-1]
-    _rewrite_betas(last, lambda d: _nan_voxel(d, ijk))
+    rewrite_betas(last, lambda d: _nan_voxel(d, ijk))
     temporaries: dict[str, list[Path]] = {}
     read_session = responses.read_session
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.io
+from conftest import rewrite_betas
 
 from brainatt.cli import main
 from brainatt.contracts.features import features_writer
@@ -124,14 +125,6 @@ def _edit_volume(path: Path, change: Callable[[np.ndarray], np.ndarray], shift_m
     affine = img.affine.copy()
     affine[0, 3] += shift_mm
     _save_nii(path, change(np.asarray(img.dataobj)), affine)
-
-
-def _edit_betas(path: Path, change: Callable[[np.ndarray], np.ndarray]) -> None:
-    with h5py.File(path) as f:
-        data = f["betas"][()]
-    path.unlink()
-    with h5py.File(path, "w") as f:
-        f["betas"] = change(data)
 
 
 def _to_nifti_session(world: Path, session: int, change: Callable[[np.ndarray], np.ndarray], shift_mm: float = 0):
@@ -241,7 +234,7 @@ def volume(change: Callable[[np.ndarray], np.ndarray], shift_mm: float = 0.0) ->
 
 
 def betas(change: Callable[[np.ndarray], np.ndarray]) -> Edit:
-    return lambda x, p: _edit_betas(p, change)
+    return lambda x, p: rewrite_betas(p, change)
 
 
 def design(**change: Callable[[np.ndarray], np.ndarray] | None) -> Edit:
@@ -386,7 +379,7 @@ DTYPES = [
 
 FINITE = [
     Case("finiteness", "one +Inf beta (HDF5, float)", preprocess, session(3),
-         lambda x, p: _edit_betas(p, lambda d: _float_with(d, _mask_voxel(x.world), 7, np.inf)),
+         lambda x, p: rewrite_betas(p, lambda d: _float_with(d, _mask_voxel(x.world), 7, np.inf)),
          lambda x: [f"1 infinite betas (first at trial 8, voxel {_mask_voxel(x.world)})", "would zero",
                     "re-export the session with NaN"]),
     Case("finiteness", "one -Inf beta (NIfTI, float)", preprocess, session(4, "nii.gz"), _inf_in_nifti_session,
@@ -547,7 +540,7 @@ def _constant_voxel(x: Inputs) -> None:
             d[:, ijk[2], ijk[1], ijk[0]] = 42
             return d
 
-        _edit_betas(path, flat)
+        rewrite_betas(path, flat)
 
 
 WARNINGS = [

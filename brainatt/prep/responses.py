@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from brainatt.contracts.responses import WARNING_KINDS, Voxels, responses_writer
 from brainatt.io import BrainattError
-from brainatt.metrics import ncsnr_from_repeats, noise_ceiling
+from brainatt.metrics import add_repeats, ncsnr_from_repeats, noise_ceiling
 from brainatt.nsd.layout import (
     Geometry,
     NSDLayout,
@@ -301,10 +301,7 @@ def preprocess_subject(
             z[:, flat] = 0.0  # exactly: no signal, no round-off noise
             lo = k * per_session
             trials[lo : lo + per_session] = z.astype(np.float16)
-            for t in range(per_session):  # a row loop beats np.add.at by ~50× here
-                r = rows[lo + t]
-                sums[r] += z[t]
-                sumsq[r] += z[t] ** 2
+            add_repeats(sums, sumsq, z, rows[lo : lo + per_session])
         w.trial_index(trial_ids, np.repeat(np.arange(1, len(sessions) + 1), per_session))
 
         mean = sums / np.maximum(n_reps, 1).astype(np.float32)[:, None]

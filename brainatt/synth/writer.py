@@ -16,7 +16,7 @@ import scipy.io
 from tqdm import tqdm
 
 from brainatt.io import atomic_path, stamp, write_json
-from brainatt.metrics import ncsnr_from_repeats
+from brainatt.metrics import add_repeats, ncsnr_from_repeats
 from brainatt.nsd.layout import BETA_SCALE, NSDLayout
 from brainatt.prep.responses import zscore_session
 from brainatt.synth.scenes import CATEGORIES
@@ -127,10 +127,9 @@ def _write_betas(world: World, layout: NSDLayout, s: int) -> np.ndarray:
         z = data[:, brain].astype(np.float32)
         z /= BETA_SCALE
         zscore_session(z)  # in place
-        for t, r in enumerate(row_of[nsd_ids]):
-            sums[r] += z[t]
-            sumsq[r] += z[t] ** 2
-            counts[r] += 1
+        rows = row_of[nsd_ids]
+        add_repeats(sums, sumsq, z, rows)
+        counts += np.bincount(rows, minlength=len(counts))
         if spec.betas_format == "hdf5":
             with h5py.File(out / f"betas_session{session:02d}.hdf5", "w") as f:
                 zyx = data.transpose(0, 3, 2, 1)  # (trials, X,Y,Z) → h5py/MATLAB order (trials, Z,Y,X)
