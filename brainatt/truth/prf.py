@@ -74,11 +74,17 @@ def name_only_centre(label: str) -> tuple[float, float]:
     return (x0 + x1) / 2, (y0 + y1) / 2
 
 
+def grid_centres(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)``, each ``(gh, gw)``: the centres of the token cells in image fractions (x to the right, y down)."""
+    gh, gw = grid
+    y, x = np.meshgrid((np.arange(gh) + 0.5) / gh, (np.arange(gw) + 0.5) / gw, indexing="ij")
+    return x, y
+
+
 def name_only_map(label: str, grid: tuple[int, int]) -> np.ndarray:
     """``(gh, gw)``: uniform over the token cells whose centres lie in `name_only_region`, summing to 1."""
     x0, x1, y0, y1 = name_only_region(label)
-    gh, gw = grid
-    y, x = np.meshgrid((np.arange(gh) + 0.5) / gh, (np.arange(gw) + 0.5) / gw, indexing="ij")
+    x, y = grid_centres(grid)
     inside = ((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)).astype(np.float64)
     return inside / inside.sum()
 
@@ -116,7 +122,7 @@ def sensitivity_centres(sensitivity: np.ndarray) -> np.ndarray:
     """``(V, 2)`` estimated centres ``(x, y)`` in image fractions: the centroid of each voxel's squared sensitivity
     ``(V, gh, gw)`` (the image centre for a voxel the encoder makes insensitive to every patch)."""
     v, gh, gw = sensitivity.shape
-    y, x = np.meshgrid((np.arange(gh) + 0.5) / gh, (np.arange(gw) + 0.5) / gw, indexing="ij")
+    x, y = grid_centres((gh, gw))
     w = sensitivity.reshape(v, -1).astype(np.float64) ** 2
     total = w.sum(1)
     safe = np.where(total > 0, total, 1.0)

@@ -60,7 +60,7 @@ from brainatt.io import BrainattError
 from brainatt.synth.brain import VisualSystem, VoxelReadout
 from brainatt.synth.scenes import CATEGORIES, OBJECT_CATEGORIES, render
 from brainatt.synth.world import WorldSpec, load_brain, visual_features, world_scenes
-from brainatt.truth.prf import name_only_centre, name_only_map
+from brainatt.truth.prf import grid_centres, name_only_centre, name_only_map
 
 COVER = 0.25  # a patch belongs to an object when the object covers at least this fraction of it
 SMALL = 0.15  # "small object" images: the object covers at most this share of the patches
@@ -72,12 +72,6 @@ COLUMNS = (
     *("distance", "distance_name_only", "distance_uniform", "centre_x", "centre_y", "true_x", "true_y"),
     *("variability", "truth_variability", "mass_ratio_weighted", "distance_weighted", "variability_weighted"),
 )
-
-
-def _grid_centres(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    gh, gw = grid
-    y, x = np.meshgrid((np.arange(gh) + 0.5) / gh, (np.arange(gw) + 0.5) / gw, indexing="ij")
-    return x, y
 
 
 def _rendered(
@@ -201,7 +195,7 @@ def routing_scores(
     cover, cats, prior = _test_scenes(gt, nsd_ids, grid)
     objects = _masks_from_cover(cover)
     brain = load_brain(gt, subject)
-    x, y = _grid_centres(grid)
+    x, y = grid_centres(grid)
     rows = []
     for name, voxels in rois.items():
         if maps[name] is None:  # no voxel of this ROI reads a query (an attention file older than voxel_query)
