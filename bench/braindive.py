@@ -3,7 +3,8 @@
 Arms, each in its own process (so its peak RSS is its own): ``unguided``; ``reuse`` (guided, the guidance pass's
 ε is the step's: one UNet forward + backward per step); ``two-pass`` (guided, a separate gradient-free forward
 gives the step's ε, the reference's order); ``x0`` (guided, the approximate gradient: taken at x̂₀ with the UNet's
-Jacobian dropped, no UNet backward). Settings:
+Jacobian dropped, no UNet backward); ``window`` (``reuse`` on the first ``--window`` share of the steps only, the
+rest unguided: `sample`'s ``guide_window``). Settings:
 
 - ``kit``: the shipped kit diffusion (pixel space, 64 px) guided by the demo's saved ``ridge_pooled`` encoder of
   subj01 (``--encoder``); the demo's batch and steps. Target: guided / unguided ≤ 2.5 with ε reuse.
@@ -29,7 +30,7 @@ from bench.common import code_version, machine, report
 
 HEADING = "## braindive"
 TIMED = ("brainatt/models/diffusion.py", "brainatt/braindive/objective.py")
-ARMS = ("unguided", "reuse", "two-pass", "x0")
+ARMS = ("unguided", "reuse", "window", "two-pass", "x0")
 
 
 class ClipHead(nn.Module):
@@ -50,7 +51,9 @@ class ClipHead(nn.Module):
         return self.head(e / e.norm(dim=1, keepdim=True))
 
 
-def _arm(setting: str, arm: str, steps: int, batch: int, encoder_dir: str, threads: int, device: str) -> dict:
+def _arm(
+    setting: str, arm: str, steps: int, batch: int, encoder_dir: str, threads: int, device: str, window: float
+) -> dict:
     torch.set_num_threads(threads)
     from brainatt.braindive.objective import RoiObjective
     from brainatt.models.diffusion import sample
@@ -81,6 +84,7 @@ def _arm(setting: str, arm: str, steps: int, batch: int, encoder_dir: str, threa
         torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.process_time()
     grad = "x0" if arm == "x0" else "unet"
+    kw["guide_window"] = (0.0, window if arm == "window" else 1.0)
     sample(model, None, guide=guide, guide_scale=100.0, reuse_eps=arm != "two-pass", guide_grad=grad, **kw)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -93,9 +97,10 @@ def _arm(setting: str, arm: str, steps: int, batch: int, encoder_dir: str, threa
     return {"setting": setting, "arm": arm, "s": seconds, "cpu_s": cpu, "peak_gb": peak}
 
 
-def run(setting: str, arm: str, steps: int, batch: int, encoder_dir: str, threads: int, device: str) -> dict:
+def run(*args: object) -> dict:
+    """`_arm` in a fresh process."""
     with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_arm, (setting, arm, steps, batch, encoder_dir, threads, device))
+        return pool.apply(_arm, args)
 
 
 def main() -> None:
@@ -108,6 +113,7 @@ def main() -> None:
     parser.add_argument("--paper-batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per arm (the rules run 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (peak memory: RSS on cpu, allocated on cuda)")
+    parser.add_argument("--window", type=float, default=0.7, help="the window arm's guided share of the steps")
     parser.add_argument("--no-record", action="store_true", help="print the table only")
     args = parser.parse_args()
     load0 = os.getloadavg()
@@ -116,7 +122,7 @@ def main() -> None:
         steps, batch = (args.kit_steps, args.kit_batch) if setting == "kit" else (args.paper_steps, args.paper_batch)
         base = None
         for arm in ARMS:
-            r = run(setting, arm, steps, batch, args.encoder, args.threads, args.device)
+            r = run(setting, arm, steps, batch, args.encoder, args.threads, args.device, args.window)
             cost = r["cpu_s"] if args.device == "cpu" else r["s"]  # CPU time: robust to a shared machine
             base = base or cost
             rows.append(
@@ -132,7 +138,8 @@ def main() -> None:
             "Guided vs unguided sampling at equal steps and batch (`bench/braindive.py`): the guided arms add one UNet",
             "backward, the decoder and the encoder forward + backward per step; `two-pass` also runs the reference's",
             "separate gradient-free UNet forward; `x0` (approximate gradient, UNet Jacobian dropped) adds no UNet",
-            "backward. Target: guided / unguided ≤ 2.5 with ε reuse.",
+            f"backward; `window` guides the first {args.window:g} of the steps only. Target: guided / unguided ≤ 2.5",
+            "with ε reuse.",
             "",
             f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; code: {code_version(TIMED)}",
             f"- machine: {machine(f'torch {torch.__version__}')}; {args.threads} thread(s) per arm; "
@@ -141,7 +148,7 @@ def main() -> None:
             f"{' '.join(f'{x:.2f}' for x in load1)} (other work on the machine slows every arm)",
             f"- command: `python bench/braindive.py --settings {' '.join(args.settings)} "
             f"--kit-batch {args.kit_batch} --paper-steps {args.paper_steps} --paper-batch {args.paper_batch} "
-            f"--threads {args.threads}`",
+            f"--threads {args.threads} --window {args.window:g}`",
             "- kit: kit diffusion (64 px pixel space) + demo subj01 ridge_pooled encoder (kit CLIP live), DPM-Solver++;"
             " paper: random-weight SD-2.1-base UNet + VAE (512 px), ViT-B/16 + linear head, DPM-Solver++",
             "- s/image, s/step and × unguided: from the arm's CPU time on cpu (wall time on a shared machine counts",

@@ -150,6 +150,28 @@ def test_the_approximate_x0_gradient_skips_the_unet_and_still_raises_the_objecti
         sample(latent_model, None, guide=objective, guide_scale=1.0, **(kw | {"guide_grad": "none"}))
 
 
+def test_the_guidance_window_guides_only_its_steps(latent_model) -> None:
+    """An empty window gives the unguided images, the full window the default guided ones, and a window of the
+    first two of four steps runs the gradient pass on those two steps only."""
+    objective = RoiObjective(PixelEncoder(6), np.array([1, 1, 1, 0, 0, 0], bool))
+    kw = {"steps": 4, "seeds": [4, 9], "image_size": 16, "scheduler": "dpm++2m", "guide": objective}
+    plain = sample(latent_model, None, **(kw | {"guide": None}))
+    assert torch.equal(plain, sample(latent_model, None, guide_scale=50.0, guide_window=(0.0, 0.0), **kw))
+    full = sample(latent_model, None, guide_scale=50.0, **kw)
+    assert torch.equal(full, sample(latent_model, None, guide_scale=50.0, guide_window=(0.0, 1.0), **kw))
+
+    grad_enabled = []
+    hook = latent_model.unet.register_forward_hook(lambda *_: grad_enabled.append(torch.is_grad_enabled()))
+    try:
+        early = sample(latent_model, None, guide_scale=50.0, guide_window=(0.0, 0.5), **kw)
+    finally:
+        hook.remove()
+    assert grad_enabled == [True, True, False, False]
+    assert not torch.equal(early, plain) and not torch.equal(early, full)
+    with pytest.raises(BrainattError, match="guide_window"):
+        sample(latent_model, None, guide_scale=1.0, guide_window=(0.6, 0.2), **kw)
+
+
 def test_v_prediction_models_are_sampled_in_eps(latent_model) -> None:
     """A v-prediction UNet whose output is exactly the v of an ε-model's prediction gives the same images."""
     from diffusers import DDIMScheduler

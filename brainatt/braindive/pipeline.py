@@ -50,6 +50,7 @@ class DiveConfig:
     scheduler: str = "dpm++2m"
     reuse_eps: bool = True
     guide_grad: str = "unet"
+    guide_window: tuple[float, float] = (0.0, 1.0)
     prompt: str = ""
     cfg_scale: float = 1.0
     contrast: float = 0.0
@@ -66,7 +67,7 @@ class DiveConfig:
         unknown = set(cfg) - known
         if unknown:
             raise BrainattError(f"braindive: unknown settings {sorted(unknown)}; known: {sorted(known)}")
-        cfg = {k: tuple(v) if k == "rois" else v for k, v in cfg.items()}
+        cfg = {k: tuple(v) if k in ("rois", "guide_window") else v for k, v in cfg.items()}
         out = cls(**cfg)
         if out.scheduler not in SCHEDULERS:
             raise BrainattError(f"braindive.scheduler {out.scheduler!r} unknown: choose from {', '.join(SCHEDULERS)}")
@@ -175,6 +176,7 @@ def generate(
                     scheduler=cfg.scheduler,
                     reuse_eps=cfg.reuse_eps,
                     guide_grad=cfg.guide_grad,
+                    guide_window=cfg.guide_window,
                 ).cpu()
                 with torch.no_grad():
                     pred = roi_means(encoder(images.to(device)), weights).cpu().numpy()

@@ -216,6 +216,7 @@ def sample(
     scheduler: str = "ddim",
     reuse_eps: bool = True,
     guide_grad: str = "unet",
+    guide_window: tuple[float, float] = (0.0, 1.0),
     embeddings: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDIM or DPM-Solver++(2M) → images (B,3,image_size,image_size) in [0,1].
@@ -236,6 +237,8 @@ def sample(
     ``guide_grad="x0"`` is an approximation that skips the UNet backward: the score's gradient is taken with
     respect to x̂₀ and the UNet's Jacobian dropped, ∇ₓₜ score ≈ ∇ₓ̂₀ score / √ᾱₜ (as training-free guidance
     methods such as MPGD do); one gradient-free UNet forward per step (``reuse_eps`` does not apply).
+    ``guide_window``: the guided share of the steps, ``(start, stop)`` as fractions of the step sequence (step i of
+    n is guided when start ≤ i/n < stop); the other steps are plain unguided steps.
     ``embeddings``: for ``conditioning: "clip"`` models, (B, D) CLIP embeddings to condition on instead of the
     prompts' (L2-normalised here; decoded brain activity, MindBridge); ``prompts`` is then ignored.
     """
@@ -281,9 +284,14 @@ def sample(
 
     if guide_grad not in GUIDE_GRADIENTS:
         raise BrainattError(f"unknown guide_grad {guide_grad!r}: choose from {', '.join(GUIDE_GRADIENTS)}")
-    through_unet = guide is not None and guide_grad == "unet"
-    for t in sampler.timesteps:
+    start, stop = guide_window
+    if not 0 <= start <= stop <= 1:
+        raise BrainattError(f"guide_window {guide_window}: give 0 ≤ start ≤ stop ≤ 1 (fractions of the steps)")
+    n_steps = len(sampler.timesteps)
+    for i, t in enumerate(sampler.timesteps):
         alpha = model.scheduler.alphas_cumprod[int(t)].to(device, dtype)
+        guided = guide is not None and start <= i / n_steps < stop
+        through_unet = guided and guide_grad == "unet"
         if not through_unet or not reuse_eps:
             with torch.no_grad():
                 eps = predict(z, t, alpha)
@@ -295,7 +303,7 @@ def sample(
                 score = guide(from_model_space(model, x0, image_size), t).sum()
                 (grad,) = torch.autograd.grad(score, z_in)
             eps = (eps_g.detach() if reuse_eps else eps) - guide_scale * (1 - alpha).sqrt() * grad
-        elif guide is not None:  # the UNet's Jacobian dropped: ∇ₓₜ S ≈ ∇ₓ̂₀ S / √ᾱₜ
+        elif guided:  # the UNet's Jacobian dropped: ∇ₓₜ S ≈ ∇ₓ̂₀ S / √ᾱₜ
             with torch.enable_grad():
                 x0 = ((z - (1 - alpha).sqrt() * eps) / alpha.sqrt()).requires_grad_(True)
                 score = guide(from_model_space(model, x0, image_size), t).sum()
