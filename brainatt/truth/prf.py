@@ -131,16 +131,20 @@ def sensitivity_centres(sensitivity: np.ndarray) -> np.ndarray:
     return np.stack([cx, cy], axis=1)
 
 
+def is_retinotopic(kind: np.ndarray) -> np.ndarray:
+    """``(V,)`` bool: whether each generating ``kind`` is a retinotopic area (``V1v`` … ``hV4``)."""
+    return np.array([k.partition(":")[0].startswith(("V", "hV")) for k in kind], bool)
+
+
 def retinotopic_voxels(kind: np.ndarray, nc: np.ndarray, min_nc: float = MIN_NC) -> np.ndarray:
     """Indices of the voxels whose generating ``kind`` is retinotopic (``V1v`` … ``hV4``) with NC ≥ ``min_nc`` %."""
-    retinotopic = np.array([k.partition(":")[0].startswith(("V", "hV")) for k in kind], bool)
-    return np.flatnonzero(retinotopic & (np.asarray(nc) >= min_nc))
+    return np.flatnonzero(is_retinotopic(kind) & (np.asarray(nc) >= min_nc))
 
 
 def roi_mean_centres(labels: np.ndarray, kind: np.ndarray, prf: np.ndarray) -> np.ndarray:
     """``(V, 2)``: each voxel placed at the mean true pRF centre ``prf`` ``(V, 2)`` of the retinotopic voxels (by
     ``kind``) of its ROI label; labels with none get the mean over all retinotopic voxels."""
-    retinotopic = np.array([k.partition(":")[0].startswith(("V", "hV")) for k in kind], bool)
+    retinotopic = is_retinotopic(kind)
     out = np.tile(prf[retinotopic].mean(0) if retinotopic.any() else np.full(2, 0.5), (len(labels), 1))
     for label in np.unique(labels):
         own = (labels == label) & retinotopic

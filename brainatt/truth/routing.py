@@ -185,13 +185,13 @@ def routing_scores(
         voxel_query = voxel_queries(f, labels)
         rois = roi_voxels(labels)
         # the headline is the plain head mean; `maps` weights heads per image by their importance to the voxels
+        both = "maps_head_mean" in f
         weighted = {label: roi_attention(f["maps"], voxel_query, voxels) for label, voxels in rois.items()}
         maps = (
             {label: roi_attention(f["maps_head_mean"], voxel_query, voxels) for label, voxels in rois.items()}
-            if "maps_head_mean" in f
+            if both
             else weighted
         )
-        both = "maps_head_mean" in f
     cover, cats, prior = _test_scenes(gt, nsd_ids, grid)
     objects = _masks_from_cover(cover)
     brain = load_brain(gt, subject)
