@@ -4,6 +4,11 @@ A small fully convolutional network maps an image to one map per category (face,
 quarter of the image resolution, each cell the probability that the category covers it. It is trained once on
 rendered scenes against their exact masks (``brainatt synth-detector``) and shipped as ``detector.safetensors``:
 a fixed part of the world, like a real brain, so every image, generated ones included, gets a category map.
+
+Half of the training images are degraded (`degrade`: pixel noise at several spatial scales, blur) with unchanged
+masks, so that, like a brain's category judgement, the maps do not change category when an image is noisy or
+soft: trained on clean renders only, the detector read pixel noise as text (a word in every image a small
+diffusion model generates, and in natural scenes with noise of SD 0.15).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
@@ -62,10 +68,31 @@ def _batch(n: int, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, t
     return x, torch.from_numpy(masks)
 
 
+def degrade(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Images ``(B,3,H,W)`` in [0,1], each independently: kept (p = 1/2) or given Gaussian pixel noise of SD up
+    to 0.2, drawn at 1, 2 or 4 px grain and either grey or per colour, and a 3×3 blur (p = 1/4)."""
+    b, _, h, w = x.shape
+    out = x.clone()
+    for i in range(b):
+        u = torch.rand(5, generator=generator)
+        if u[0] < 0.5:
+            continue
+        grain = (1, 2, 4)[int(u[1] * 3)]
+        channels = 1 if u[2] < 0.5 else 3
+        noise = torch.randn(1, channels, h // grain, w // grain, generator=generator)
+        noise = F.interpolate(noise, size=(h, w), mode="nearest") if grain > 1 else noise
+        img = out[i : i + 1] + 0.2 * u[3] * noise
+        if u[4] < 0.25:
+            img = F.avg_pool2d(img, 3, 1, 1, count_include_pad=False)
+        out[i] = img[0].clamp(0, 1)
+    return out
+
+
 def train_detector(out: Path, size: int = 64, n_images: int = 12000, epochs: int = 12, seed: int = 0) -> dict:
     """Train the detector on freshly rendered scenes; returns held-out per-category IoU at threshold 0.5."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
     x, y = _batch(n_images, rng, size)
     x_val, y_val = _batch(1000, np.random.default_rng(seed + 1), size)
     model = CategoryDetector()
@@ -83,7 +110,7 @@ def train_detector(out: Path, size: int = 64, n_images: int = 12000, epochs: int
                     xb, yb = xb.flip(-1), y[idx].flip(-1)
                 else:
                     yb = y[idx]
-                loss = loss_fn(model(xb), yb)
+                loss = loss_fn(model(degrade(xb, generator)), yb)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
